@@ -1,0 +1,1 @@
+"""EdgeFill cache node: stores, serves, fills and peers content at an edge site."""
