@@ -212,13 +212,60 @@ class Tokens(_Model):
         return self
 
 
+class Serving(_Model):
+    """How the client port answers: cache headers and connection limits."""
+
+    cache_control: str = Field(
+        default="public, max-age=86400",
+        min_length=1,
+        description="Cache-Control sent with objects whose origin response had none.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        default=75.0, gt=0, le=3600, description="Idle keep-alive connections close after this."
+    )
+    memory_object_max_bytes: int = Field(
+        default=256 * KiB,
+        ge=0,
+        description="Objects up to this size may be kept in the in-memory tier.",
+    )
+
+
 class Tracker(_Model):
+    """The peer-assist tracker served on the client port (see cache_node/tracker)."""
+
     enabled: bool = True
     announce_interval_seconds: int = Field(default=120, ge=10, le=3600)
     max_peers_per_swarm: int = Field(default=1000, ge=1, le=100_000)
     peer_ttl_seconds: int = Field(default=1200, ge=30)
     max_numwant: int = Field(default=50, ge=1, le=200)
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")]] = Field(
+        default_factory=list,
+        description="Proxies (CIDRs) whose X-Forwarded-For is believed; the rightmost "
+        "untrusted hop is the client.",
+    )
+    max_swarms: int = Field(
+        default=100_000, ge=1, le=10_000_000, description="Swarms held at once (memory bound)."
+    )
+    announces_per_second: float = Field(
+        default=2.0, gt=0, le=10_000, description="Sustained announces per source (IPv4 or /64)."
+    )
+    announce_burst: int = Field(
+        default=30, ge=1, le=100_000, description="Announces a source may send in a burst."
+    )
+    max_rate_limited_sources: int = Field(
+        default=200_000, ge=1, description="Rate-limit table size (least recently seen evicted)."
+    )
+    manifest_key_file: str | None = Field(
+        default=None,
+        description="Mounted Ed25519 private key (PKCS#8 PEM, raw 32 bytes or 64 hex) "
+        "signing piece-hash manifests; without it /manifest answers 503.",
+    )
+    member_client_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="Public client base URL per member name: HTTP announces for a swarm "
+        "another member owns are redirected there (307). Empty: every member serves "
+        "every swarm it is asked about.",
+    )
 
 
 Cidr = Annotated[str, Field(pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")]
@@ -236,6 +283,7 @@ class NodeConfig(_Model):
     fill: Fill = Field(default_factory=Fill)
     fill_plan: list[FillPlanEntry] = Field(default_factory=list)
     tokens: Tokens
+    serving: Serving = Field(default_factory=Serving)
     tracker: Tracker = Field(default_factory=Tracker)
     client_networks: list[Cidr] = Field(default_factory=list)
 

@@ -1,0 +1,289 @@
+"""The load path: local store, then the upstream chain, the origin last.
+
+Read like groupcache's ``Group.load``: :meth:`Loader.lookup` returns either a
+committed store entry (a hit) or a :class:`Fill` in progress. Concurrent
+misses for one key share one :class:`Fill` (single-flight): the first miss
+starts it, later ones join it, and every waiter reads the same temp file as it
+grows (cut-through: the first byte reaches clients while the rest is still in
+flight, never store-and-forward).
+
+A fill runs as its own task, detached from the request that started it: a
+client that disconnects does not cancel the fetch other clients wait on.
+
+Within a fill:
+
+* sources are tried in order (owner peer, parent/sibling, origin) until one
+  opens; a definitive 404 from the origin ends the fill;
+* a body that breaks off is resumed from the bytes held with ``Range`` and
+  ``If-Match``; a 412 (:class:`ChangedError`) restarts from zero, and readers
+  that already sent bytes of the old version are aborted (their ``epoch``
+  no longer matches);
+* attempts are bounded by ``origin.maxAttempts`` with exponential backoff and
+  full jitter, and the whole fill by ``origin.totalDeadlineSeconds``;
+* the object is committed only when its length matches and every piece is
+  hashed; on any failure the temp file is dropped and readers see
+  :class:`FillFailedError`, which the view turns into an aborted connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from cache_node.store import Entry, ObjectInfo, Store, Writer
+from cache_node.upstream import (
+    ChangedError,
+    NotFoundError,
+    Opened,
+    Source,
+    Upstream,
+    UpstreamError,
+)
+
+log = structlog.get_logger("cache_node.loader")
+
+
+class FillFailedError(Exception):
+    """The fill a reader waited on failed; ``not_found`` when the origin has no such key."""
+
+    def __init__(self, reason: str, *, not_found: bool = False) -> None:
+        super().__init__(reason)
+        self.not_found = not_found
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+    total_deadline: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        """Full-jitter exponential backoff (AWS Architecture Blog, 2015)."""
+        cap = min(self.max_delay, self.base_delay * (2**attempt))
+        return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
+
+
+class Fill:
+    """One in-progress fetch of one key, shared by every waiter."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.info: ObjectInfo | None = None
+        self.writer: Writer | None = None
+        self.source: Source | None = None
+        self.epoch = 0
+        self.entry: Entry | None = None
+        self.error: FillFailedError | None = None
+        self.done = False
+        self.waiters = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def written(self) -> int:
+        return self.writer.written if self.writer is not None else 0
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_info(self) -> tuple[ObjectInfo, Writer, int]:
+        """Wait until headers arrived; returns validators, the writer and the epoch."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.info is not None and self.writer is not None:
+                return self.info, self.writer, self.epoch
+            if self.done:
+                raise FillFailedError(f"{self.key}: fill ended without data")
+            await self._changed.wait()
+
+    async def wait_bytes(self, offset: int, epoch: int) -> int:
+        """Wait until bytes beyond ``offset`` are written; returns the written length.
+
+        Raises :class:`FillFailedError` when the fill failed or restarted from zero.
+        """
+        while True:
+            if self.epoch != epoch:
+                raise FillFailedError(f"{self.key}: the object changed at the origin mid-fill")
+            if self.written > offset:
+                return self.written
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                return self.written
+            await self._changed.wait()
+
+
+class Loader:
+    def __init__(
+        self,
+        store: Store,
+        upstreams: Sequence[Upstream],
+        retry: RetryPolicy,
+        *,
+        on_origin_request: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.upstreams = list(upstreams)
+        self.retry = retry
+        self._fills: dict[str, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_origin_request = on_origin_request
+        self.fills_started = 0
+
+    async def lookup(self, key: str) -> Entry | Fill:
+        """A verified committed entry, or the (possibly new) fill for ``key``."""
+        entry = self.store.get(key)
+        if entry is not None and (entry.verified or await self.store.verify(entry)):
+            return entry
+        fill = self._fills.get(key)
+        if fill is None:
+            fill = Fill(key)
+            self._fills[key] = fill
+            self.fills_started += 1
+            task = asyncio.create_task(self._run(fill), name=f"fill:{key}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return fill
+
+    def in_progress(self) -> int:
+        return len(self._fills)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run(self, fill: Fill) -> None:
+        try:
+            async with asyncio.timeout(self.retry.total_deadline):
+                await self._fetch(fill)
+        except FillFailedError as exc:
+            fill.error = exc
+        except TimeoutError:
+            fill.error = FillFailedError(
+                f"{fill.key}: fill exceeded the total deadline of {self.retry.total_deadline}s"
+            )
+        except asyncio.CancelledError:
+            fill.error = FillFailedError(f"{fill.key}: fill cancelled (shutting down)")
+            raise
+        except Exception as exc:  # a bug or a disk error: fail the readers, keep serving
+            log.exception("fill_crashed", key=fill.key)
+            fill.error = FillFailedError(f"{fill.key}: fill failed: {exc}")
+        finally:
+            if fill.error is not None and fill.writer is not None:
+                fill.writer.abort()
+            fill.done = True
+            self._fills.pop(fill.key, None)
+            fill._notify()
+
+    async def _open(self, fill: Fill, start: int, if_match: str | None) -> tuple[Upstream, Opened]:
+        errors: list[str] = []
+        for upstream in self.upstreams:
+            began = time.monotonic()
+            try:
+                opened = await upstream.open(fill.key, start, if_match)
+            except NotFoundError:
+                if upstream.source == "origin":
+                    raise
+                errors.append(f"{upstream.name}: not found")
+                continue
+            except ChangedError:
+                raise
+            except UpstreamError as exc:
+                errors.append(str(exc))
+                continue
+            finally:
+                if upstream.source == "origin" and self._on_origin_request is not None:
+                    self._on_origin_request(fill.key, time.monotonic() - began)
+            return upstream, opened
+        raise UpstreamError("; ".join(errors) or "no upstream configured")
+
+    async def _fetch(self, fill: Fill) -> None:
+        attempt = 0
+        while True:
+            start = fill.written
+            if_match = fill.info.etag if (fill.info is not None and start) else None
+            try:
+                upstream, opened = await self._open(fill, start, if_match)
+            except NotFoundError as exc:
+                raise FillFailedError(str(exc), not_found=True) from exc
+            except ChangedError:
+                self._restart(fill)
+                attempt += 1
+                if attempt >= self.retry.max_attempts:
+                    raise FillFailedError(f"{fill.key}: kept changing at the origin") from None
+                continue
+            except UpstreamError as exc:
+                attempt += 1
+                if attempt >= self.retry.max_attempts:
+                    raise FillFailedError(f"{fill.key}: {exc}") from exc
+                log.warning("fill_retry", key=fill.key, attempt=attempt, error=str(exc))
+                await asyncio.sleep(self.retry.delay(attempt))
+                continue
+            try:
+                if fill.info is None or fill.writer is None:
+                    fill.info = opened.info
+                    fill.source = upstream.source
+                    fill.writer = self.store.begin(opened.info)
+                    fill._notify()
+                elif opened.info.size != fill.info.size or opened.info.etag != fill.info.etag:
+                    # A source that ignored If-Match: treat as a change.
+                    self._restart(fill, opened.info)
+                    continue
+                writer = fill.writer
+                async for chunk in opened.body.chunks():
+                    writer.write(chunk)
+                    fill._notify()
+                if writer.written != writer.info.size:
+                    raise UpstreamError(
+                        f"{fill.key}: body ended at {writer.written} of {writer.info.size} bytes"
+                    )
+            except UpstreamError as exc:
+                attempt += 1
+                if attempt >= self.retry.max_attempts:
+                    raise FillFailedError(f"{fill.key}: {exc}") from exc
+                log.warning(
+                    "fill_resume",
+                    key=fill.key,
+                    attempt=attempt,
+                    held_bytes=fill.written,
+                    error=str(exc),
+                )
+                await asyncio.sleep(self.retry.delay(attempt))
+                continue
+            finally:
+                await opened.body.release()
+            break
+        assert fill.writer is not None
+        fill.entry = await fill.writer.commit()
+        log.info(
+            "fill_committed",
+            key=fill.key,
+            source=fill.source,
+            bytes=fill.entry.size,
+            pieces=len(fill.entry.meta.piece_hashes),
+        )
+
+    def _restart(self, fill: Fill, info: ObjectInfo | None = None) -> None:
+        """The object changed: drop what we hold; readers of the old bytes abort."""
+        log.warning("fill_restart", key=fill.key, reason="etag changed")
+        if fill.writer is not None:
+            if info is None:
+                fill.writer.abort()
+                fill.writer = None
+                fill.info = None
+            else:
+                self.store.resize(fill.writer, info)
+                fill.info = info
+        fill.epoch += 1
+        fill._notify()

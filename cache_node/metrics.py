@@ -1,0 +1,123 @@
+"""Prometheus metrics of one cache node, in their own registry.
+
+A registry per app (not the process-global default) so several nodes can run
+in one test process and nothing registers twice. Names follow Prometheus
+conventions: ``edgefill_`` prefix, ``_total`` for counters, base units
+(bytes, seconds). Store gauges are computed at scrape time from the store, so
+they can never drift from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cache_node.store import Store
+
+RESULTS = ("hit", "peer", "parent", "origin", "error")
+
+
+class _StoreCollector(Collector):
+    def __init__(self, store: Store, fills_in_progress: Callable[[], int]) -> None:
+        self._store = store
+        self._fills = fills_in_progress
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._store.stats
+        stored = GaugeMetricFamily(
+            "edgefill_store_bytes", "Bytes of committed objects in the store.", labels=["class"]
+        )
+        stored.add_metric(["pinned"], s.pinned_bytes)
+        stored.add_metric(["dynamic"], s.bytes - s.pinned_bytes)
+        yield stored
+        objects = GaugeMetricFamily(
+            "edgefill_store_objects", "Committed objects in the store.", labels=["class"]
+        )
+        objects.add_metric(["pinned"], s.pinned_objects)
+        objects.add_metric(["dynamic"], s.objects - s.pinned_objects)
+        yield objects
+        yield GaugeMetricFamily(
+            "edgefill_store_budget_bytes", "Byte budget of the store.", value=self._store.max_bytes
+        )
+        yield GaugeMetricFamily(
+            "edgefill_store_reserved_bytes",
+            "Bytes reserved by fills in progress.",
+            value=s.reserved_bytes,
+        )
+        evictions = CounterMetricFamily(
+            "edgefill_store_evictions",
+            "Objects evicted since start, by class (dynamic before pinned).",
+            labels=["class"],
+        )
+        for cls, count in s.evictions.items():
+            evictions.add_metric([cls], count)
+        yield evictions
+        yield CounterMetricFamily(
+            "edgefill_store_evicted_bytes",
+            "Bytes evicted since start.",
+            value=s.evicted_bytes,
+        )
+        yield CounterMetricFamily(
+            "edgefill_store_corrupt_objects",
+            "Objects whose pieces failed verification since start (deleted and refetched).",
+            value=s.corrupt_objects,
+        )
+        yield GaugeMetricFamily(
+            "edgefill_fills_in_progress", "Fills in progress.", value=self._fills()
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "edgefill_requests",
+            "Client requests by result: hit, peer, parent, origin (miss class) or error.",
+            ["result"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "edgefill_requests_rejected",
+            "Client requests refused before any cache lookup, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.served_bytes = Counter(
+            "edgefill_served_bytes",
+            "Body bytes sent to clients, by where the object came from.",
+            ["source"],
+            registry=r,
+        )
+        self.origin_requests = Counter(
+            "edgefill_origin_requests",
+            "GET requests sent to the S3 origin (including resumes and retries).",
+            registry=r,
+        )
+        self.origin_latency = Histogram(
+            "edgefill_origin_request_duration_seconds",
+            "Time from sending a GET to the origin until its headers arrived (or it failed).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.fills = Counter(
+            "edgefill_fills",
+            "Fills finished, by outcome (committed, failed, not_found).",
+            ["outcome"],
+            registry=r,
+        )
+        self.fill_bytes = Counter(
+            "edgefill_fill_bytes", "Bytes committed to the store by fills.", registry=r
+        )
+        for result in RESULTS:
+            self.requests.labels(result)
+
+    def watch_store(self, store: Store, fills_in_progress: Callable[[], int]) -> None:
+        self.registry.register(_StoreCollector(store, fills_in_progress))
+
+    def origin_request(self, key: str, seconds: float) -> None:
+        self.origin_requests.inc()
+        self.origin_latency.observe(seconds)

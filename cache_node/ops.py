@@ -1,0 +1,86 @@
+"""The metrics port: ``/metrics``, ``/healthz``, ``/readyz`` and ``/status``.
+
+``/status`` is what the operator polls to aggregate EdgeSite and ContentSet
+status; :func:`status_document` builds it as plain data (camelCase keys, like
+the node config) so it is tested without a server.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cache_node.appkeys import NODE
+from cache_node.metrics import RESULTS
+from cache_node.node import Node
+
+
+def _counter_value(node: Node, result: str) -> int:
+    value = node.metrics.registry.get_sample_value("edgefill_requests_total", {"result": result})
+    return int(value or 0)
+
+
+def status_document(node: Node) -> dict[str, Any]:
+    store = node.store
+    stats = store.stats if store is not None else None
+    held = store.by_content_set() if store is not None else {}
+    fill_plan = []
+    for entry in node.config.fill_plan:
+        objects, size = held.get(entry.name, (0, 0))
+        fill_plan.append(
+            {
+                "name": entry.name,
+                "generation": entry.generation,
+                "objectsStored": objects,
+                "bytesStored": size,
+            }
+        )
+    return {
+        "node": node.name,
+        "site": node.site,
+        "ready": node.ready,
+        "recoveryError": node.recovery_error,
+        "uptimeSeconds": int(time.time() - node.started_at),
+        "store": {
+            "bytes": stats.bytes if stats else 0,
+            "objects": stats.objects if stats else 0,
+            "pinnedBytes": stats.pinned_bytes if stats else 0,
+            "pinnedObjects": stats.pinned_objects if stats else 0,
+            "budgetBytes": node.config.store.max_bytes,
+            "reservedBytes": stats.reserved_bytes if stats else 0,
+            "evictions": dict(stats.evictions) if stats else {},
+            "corruptObjects": stats.corrupt_objects if stats else 0,
+        },
+        "requests": {result: _counter_value(node, result) for result in RESULTS},
+        "fillsInProgress": node.loader.in_progress() if node.loader is not None else 0,
+        "fillPlan": fill_plan,
+        "tokenKeys": sorted(node.keyring.keys),
+    }
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[NODE].metrics.registry)
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"alive": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    if node.ready:
+        return web.json_response({"ready": True})
+    return web.json_response(
+        {"ready": False, "reason": node.recovery_error or "store recovery in progress"},
+        status=503,
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(status_document(request.app[NODE]))

@@ -1,0 +1,196 @@
+"""The S3 origin: the one module of the cache node that talks to S3 (aiobotocore).
+
+What aiobotocore does not do for us, and this module does:
+
+* a total deadline per request and a minimum throughput: aiobotocore's
+  ``read_timeout`` is per socket read, so a trickling origin could hold a fill
+  forever; the body iterator measures bytes per window and gives up below
+  ``minThroughputBytesPerSecond`` after a grace window;
+* error classes the load path can act on: 404 → :class:`NotFoundError`,
+  412 → :class:`ChangedError` (resume with ``If-Match`` failed: restart from
+  zero), everything else → :class:`UpstreamError` (retry with backoff);
+* bodies always released: :meth:`_S3Body.release` closes the response even
+  when the reader stopped early, so the bounded pool
+  (``maxConnections``) never leaks connections.
+
+botocore's own retries stop once headers arrive and never cover a body, so
+they are limited to one attempt here; the load path retries (with backoff and
+``Range`` + ``If-Match`` resume) under one policy for every upstream.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cache_node.config import Origin
+from cache_node.store import ObjectInfo
+from cache_node.upstream import (
+    ChangedError,
+    NotFoundError,
+    Opened,
+    SlowUpstreamError,
+    Source,
+    UpstreamError,
+)
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+CHUNK = 256 * 1024
+THROUGHPUT_WINDOW_SECONDS = 5.0
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+def _credentials(origin: Origin) -> tuple[str | None, str | None]:
+    """Keys from the mounted Secret, or (None, None) for the default AWS chain."""
+    if not origin.credentials_dir:
+        return None, None
+    folder = Path(origin.credentials_dir)
+    return (
+        (folder / "accessKeyId").read_text().strip(),
+        (folder / "secretAccessKey").read_text().strip(),
+    )
+
+
+class _S3Body:
+    def __init__(self, response: dict[str, Any], min_throughput: int, key: str) -> None:
+        self._stream = response["Body"]
+        self._min = min_throughput
+        self._key = key
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        window_start = time.monotonic()
+        window_bytes = 0
+        while True:
+            try:
+                chunk: bytes = await self._stream.read(CHUNK)
+            except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise UpstreamError(f"origin body of {self._key} broke off: {exc}") from exc
+            if not chunk:
+                return
+            yield chunk
+            window_bytes += len(chunk)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= THROUGHPUT_WINDOW_SECONDS:
+                if self._min and window_bytes / elapsed < self._min:
+                    raise SlowUpstreamError(
+                        f"origin body of {self._key} at {window_bytes / elapsed:.0f} B/s, "
+                        f"below the minimum {self._min} B/s"
+                    )
+                window_start, window_bytes = time.monotonic(), 0
+
+    async def release(self) -> None:
+        self._stream.close()
+
+
+class S3Origin:
+    """An :class:`~cache_node.upstream.Upstream` backed by one S3 bucket."""
+
+    def __init__(self, config: Origin) -> None:
+        self.config = config
+        self._stack = AsyncExitStack()
+        self._client: S3Client | None = None
+
+    @property
+    def name(self) -> str:
+        return "origin"
+
+    @property
+    def source(self) -> Source:
+        return "origin"
+
+    async def start(self) -> None:
+        cfg = self.config
+        session = get_session()
+        access_key, secret_key = _credentials(cfg)
+        aio_config = AioConfig(
+            connect_timeout=cfg.connect_timeout_seconds,
+            read_timeout=cfg.read_timeout_seconds,
+            max_pool_connections=cfg.max_connections,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+        )
+        self._client = await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                region_name=cfg.region,
+                endpoint_url=cfg.endpoint_url,
+                config=aio_config,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+            )
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def open(self, key: str, start: int, if_match: str | None) -> Opened:
+        if self._client is None:
+            raise RuntimeError("S3Origin.start() was not awaited")
+        kwargs: dict[str, Any] = {"Bucket": self.config.bucket, "Key": key}
+        if start:
+            kwargs["Range"] = f"bytes={start}-"
+        if if_match:
+            kwargs["IfMatch"] = if_match
+        try:
+            response = await self._client.get_object(**kwargs)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code", "")
+            if status == 404 or code in ("NoSuchKey", "NotFound", "404"):
+                raise NotFoundError(f"{key}: not in bucket {self.config.bucket}") from exc
+            if status == 412 or code == "PreconditionFailed":
+                raise ChangedError(f"{key}: changed at the origin (ETag mismatch)") from exc
+            raise UpstreamError(f"{key}: origin answered {status} {code}") from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"{key}: origin unreachable: {exc}") from exc
+        resp: dict[str, Any] = dict(response)
+        try:
+            info, body_start = _info_from(key, resp)
+        except UpstreamError:
+            resp["Body"].close()
+            raise
+        if body_start != start:
+            resp["Body"].close()
+            raise UpstreamError(f"{key}: asked for bytes from {start}, got from {body_start}")
+        return Opened(info=info, start=start, body=_S3Body(resp, self._min_throughput(), key))
+
+    def _min_throughput(self) -> int:
+        return self.config.min_throughput_bytes_per_second
+
+
+def _info_from(key: str, resp: dict[str, Any]) -> tuple[ObjectInfo, int]:
+    etag = resp.get("ETag")
+    if not etag:
+        raise UpstreamError(f"{key}: the origin sent no ETag")
+    content_range = resp.get("ContentRange")
+    if content_range:
+        match = _CONTENT_RANGE.match(content_range)
+        if not match:
+            raise UpstreamError(f"{key}: unparseable Content-Range {content_range!r}")
+        start, size = int(match.group(1)), int(match.group(3))
+    else:
+        start, size = 0, int(resp["ContentLength"])
+    modified = resp.get("LastModified")
+    if not isinstance(modified, datetime):
+        modified = datetime.now(UTC)
+    info = ObjectInfo(
+        key=key,
+        size=size,
+        etag=etag if etag.startswith(('"', "W/")) else f'"{etag}"',
+        last_modified=modified.timestamp(),
+        content_type=resp.get("ContentType") or "application/octet-stream",
+        cache_control=resp.get("CacheControl"),
+    )
+    return info, start

@@ -1,0 +1,545 @@
+"""The on-disk object store: pieces, hashes, crash-safe commits, a byte budget.
+
+Layout under ``store.path``::
+
+    objects/ab/<sha256(key)>.data   the object's bytes
+    objects/ab/<sha256(key)>.meta   JSON: key, size, validators, piece size and
+                                    the SHA-256 of every piece (the commit mark)
+    tmp/<random>.part               fills in progress (wiped on start)
+    CLEAN                           present only after an orderly shutdown
+
+File names are hashes of the key, so no key, however spelled, names a path
+outside ``objects/`` (traversal is impossible by construction).
+
+Commit protocol (the nginx proxy_cache discipline, made power-loss safe): the
+body is written to ``tmp/``, its length checked against the origin's, the
+file fsynced and renamed to ``.data``, the directory fsynced; then the meta
+document is written to ``tmp/``, fsynced, renamed to ``.meta`` and the
+directory fsynced again. The ``.meta`` rename is the commit point: an object
+without it does not exist. Recovery on start (time bounded, metadata only)
+deletes ``tmp/``, orphan ``.data`` files, unreadable ``.meta`` files and
+objects whose data length differs. When ``CLEAN`` is absent (a crash, a
+SIGKILL, a power cut) every recovered object is marked *unverified*: it is
+re-hashed piece by piece before it is first served, and a background task
+verifies the rest; a piece that does not match its hash deletes the object,
+which the next request refetches. So a partial or corrupt object is never
+served as complete.
+
+Pieces and their hashes are the unit of integrity here and of peer assist
+elsewhere (:meth:`Store.piece_hashes` feeds the tracker's signed manifests).
+
+The byte budget counts committed objects plus reservations of fills in
+progress. Dynamic (miss-filled) objects are evicted before pinned
+(pre-positioned) ones, each class ordered by the configured policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache_node.eviction import Policy, PolicyName, make_policy
+
+META_VERSION = 1
+CLEAN_MARK = "CLEAN"
+
+
+class StoreError(Exception):
+    pass
+
+
+class IncompleteBodyError(StoreError):
+    """The body ended before (or ran past) the length the origin announced."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the origin told us about an object: enough to answer any request."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float  # Unix seconds
+    content_type: str = "application/octet-stream"
+    cache_control: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    info: ObjectInfo
+    piece_size: int
+    piece_hashes: tuple[str, ...]  # hex SHA-256 per piece
+    stored_at: float  # Unix seconds, for Age
+    pinned: bool = False
+    content_set: str | None = None
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {
+            "version": META_VERSION,
+            "info": asdict(self.info),
+            "pieceSize": self.piece_size,
+            "pieceHashes": list(self.piece_hashes),
+            "storedAt": self.stored_at,
+            "pinned": self.pinned,
+            "contentSet": self.content_set,
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ObjectMeta:
+        doc = json.loads(raw)
+        if doc.get("version") != META_VERSION:
+            raise ValueError(f"unknown meta version {doc.get('version')!r}")
+        info = ObjectInfo(**doc["info"])
+        meta = cls(
+            info=info,
+            piece_size=int(doc["pieceSize"]),
+            piece_hashes=tuple(str(h) for h in doc["pieceHashes"]),
+            stored_at=float(doc["storedAt"]),
+            pinned=bool(doc["pinned"]),
+            content_set=doc.get("contentSet"),
+        )
+        if meta.piece_size <= 0 or len(meta.piece_hashes) != piece_count(
+            info.size, meta.piece_size
+        ):
+            raise ValueError("piece hashes do not match the object size")
+        return meta
+
+
+def piece_count(size: int, piece_size: int) -> int:
+    return (size + piece_size - 1) // piece_size
+
+
+@dataclass
+class Entry:
+    """A committed object in the index."""
+
+    meta: ObjectMeta
+    data_path: Path
+    verified: bool
+
+    @property
+    def key(self) -> str:
+        return self.meta.info.key
+
+    @property
+    def size(self) -> int:
+        return self.meta.info.size
+
+
+@dataclass
+class StoreStats:
+    bytes: int = 0
+    objects: int = 0
+    pinned_bytes: int = 0
+    pinned_objects: int = 0
+    reserved_bytes: int = 0
+    evictions: dict[str, int] = field(default_factory=lambda: {"dynamic": 0, "pinned": 0})
+    evicted_bytes: int = 0
+    corrupt_objects: int = 0
+    recovered_objects: int = 0
+    discarded_files: int = 0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Writer:
+    """A fill in progress: bytes go to a temp file while piece hashes accumulate.
+
+    Readers of a fill in progress (cut-through) open :attr:`path` themselves and
+    read up to :attr:`written`; the file stays readable through their open
+    descriptor after it is renamed on commit or unlinked on abort.
+    """
+
+    def __init__(self, store: Store, info: ObjectInfo, piece_size: int, path: Path) -> None:
+        self.store = store
+        self.info = info
+        self.piece_size = piece_size
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+        self.written = 0
+        self.final_path: Path | None = None  # set just before the commit renames the file
+        self._hashes: list[str] = []
+        self._piece = hashlib.sha256()
+        self._piece_fill = 0
+        self._closed = False
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        if self.written + len(chunk) > self.info.size:
+            raise IncompleteBodyError(
+                f"{self.info.key}: body longer than the announced {self.info.size} bytes"
+            )
+        view = memoryview(chunk)
+        os.pwrite(self._fd, view, self.written)
+        self.written += len(view)
+        while view:
+            take = min(len(view), self.piece_size - self._piece_fill)
+            self._piece.update(view[:take])
+            self._piece_fill += take
+            view = view[take:]
+            if self._piece_fill == self.piece_size:
+                self._hashes.append(self._piece.hexdigest())
+                self._piece = hashlib.sha256()
+                self._piece_fill = 0
+
+    def reset(self, info: ObjectInfo) -> None:
+        """Start again from byte zero (the origin's object changed: 412 on resume)."""
+        self.info = info
+        os.ftruncate(self._fd, 0)
+        self.written = 0
+        self._hashes = []
+        self._piece = hashlib.sha256()
+        self._piece_fill = 0
+
+    def piece_hashes(self) -> tuple[str, ...]:
+        hashes = list(self._hashes)
+        if self._piece_fill:
+            hashes.append(self._piece.hexdigest())
+        return tuple(hashes)
+
+    async def commit(self, *, pinned: bool = False, content_set: str | None = None) -> Entry:
+        if self.written != self.info.size:
+            raise IncompleteBodyError(
+                f"{self.info.key}: got {self.written} of {self.info.size} bytes"
+            )
+        meta = ObjectMeta(
+            info=self.info,
+            piece_size=self.piece_size,
+            piece_hashes=self.piece_hashes(),
+            stored_at=time.time(),
+            pinned=pinned,
+            content_set=content_set,
+        )
+        return await self.store._commit(self, meta)
+
+    def close_fd(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def fsync(self) -> None:
+        os.fsync(self._fd)
+
+    def abort(self) -> None:
+        self.close_fd()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.store._release(self)
+
+
+class Store:
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        piece_size: int,
+        policy: PolicyName = "s3fifo",
+        on_evict: Callable[[Entry, str], None] | None = None,
+    ) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.piece_size = piece_size
+        self._objects = root / "objects"
+        self._tmp = root / "tmp"
+        self._index: dict[str, Entry] = {}
+        self._dynamic: Policy = make_policy(policy, max_bytes)
+        self._pinned: Policy = make_policy(policy, max_bytes)
+        self._reservations: dict[int, int] = {}
+        self.stats = StoreStats()
+        self._on_evict = on_evict
+        self.ready = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def recover(self, deadline_seconds: float) -> list[Entry]:
+        """Rebuild the index from disk (blocking; run it in a thread).
+
+        Returns the entries that still need verification (all of them after an
+        unclean shutdown). Raises :class:`StoreError` when the deadline passes.
+        """
+        started = time.monotonic()
+        self._objects.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        clean_mark = self.root / CLEAN_MARK
+        clean = clean_mark.exists()
+        if clean:
+            clean_mark.unlink()
+            _fsync_dir(self.root)
+        unverified: list[Entry] = []
+        for sub in sorted(self._objects.iterdir()):
+            if time.monotonic() - started > deadline_seconds:
+                raise StoreError(
+                    f"store recovery exceeded {deadline_seconds}s; raise "
+                    "store.recoveryDeadlineSeconds or use a faster disk"
+                )
+            if not sub.is_dir():
+                self._discard(sub)
+                continue
+            for path in list(sub.iterdir()):
+                if path.suffix == ".meta":
+                    entry = self._recover_one(path, verified=clean)
+                    if entry is not None and not entry.verified:
+                        unverified.append(entry)
+                elif path.suffix == ".data":
+                    if not path.with_suffix(".meta").exists():
+                        self._discard(path)
+                else:
+                    self._discard(path)
+        self.ready = True
+        return unverified
+
+    def _discard(self, path: Path) -> None:
+        self.stats.discarded_files += 1
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    def _recover_one(self, meta_path: Path, *, verified: bool) -> Entry | None:
+        data_path = meta_path.with_suffix(".data")
+        try:
+            meta = ObjectMeta.from_json(meta_path.read_bytes())
+            size = data_path.stat().st_size
+        except (OSError, ValueError, KeyError, TypeError):
+            self._discard(meta_path)
+            self._discard(data_path)
+            return None
+        if size != meta.info.size or key_digest(meta.info.key) != meta_path.stem:
+            self._discard(meta_path)
+            self._discard(data_path)
+            return None
+        entry = Entry(meta=meta, data_path=data_path, verified=verified)
+        self._add(entry)
+        self.stats.recovered_objects += 1
+        return entry
+
+    def close(self) -> None:
+        """Orderly shutdown: mark the store clean so the next start trusts it."""
+        mark = self.root / CLEAN_MARK
+        mark.write_bytes(b"")
+        with open(mark, "rb") as fh:  # noqa: PTH123 - need the descriptor for fsync
+            os.fsync(fh.fileno())
+        _fsync_dir(self.root)
+
+    # --- index ------------------------------------------------------------------------------
+
+    def _policy(self, pinned: bool) -> Policy:
+        return self._pinned if pinned else self._dynamic
+
+    def _add(self, entry: Entry) -> None:
+        old = self._index.get(entry.key)
+        if old is not None:
+            self._forget(old)
+        self._index[entry.key] = entry
+        self._policy(entry.meta.pinned).insert(entry.key, entry.size)
+        self.stats.bytes += entry.size
+        self.stats.objects += 1
+        if entry.meta.pinned:
+            self.stats.pinned_bytes += entry.size
+            self.stats.pinned_objects += 1
+
+    def _forget(self, entry: Entry) -> None:
+        if self._index.get(entry.key) is not entry:
+            return
+        del self._index[entry.key]
+        self._policy(entry.meta.pinned).remove(entry.key)
+        self.stats.bytes -= entry.size
+        self.stats.objects -= 1
+        if entry.meta.pinned:
+            self.stats.pinned_bytes -= entry.size
+            self.stats.pinned_objects -= 1
+
+    def get(self, key: str) -> Entry | None:
+        """The committed entry for ``key`` (counts as an access for eviction)."""
+        entry = self._index.get(key)
+        if entry is not None:
+            self._policy(entry.meta.pinned).hit(key)
+        return entry
+
+    def peek(self, key: str) -> Entry | None:
+        return self._index.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def keys(self) -> Iterator[str]:
+        return iter(list(self._index))
+
+    def entries(self) -> list[Entry]:
+        return list(self._index.values())
+
+    def piece_hashes(self, key: str) -> tuple[int, tuple[str, ...]] | None:
+        """Piece size and hex SHA-256 per piece of a committed object, or ``None``."""
+        entry = self._index.get(key)
+        if entry is None:
+            return None
+        return entry.meta.piece_size, entry.meta.piece_hashes
+
+    def remove(self, key: str, *, reason: str = "invalidated") -> bool:
+        entry = self._index.get(key)
+        if entry is None:
+            return False
+        self._delete(entry)
+        return True
+
+    def _delete(self, entry: Entry) -> None:
+        self._forget(entry)
+        # Uncommit first (meta), then drop the data. Open readers keep their descriptor.
+        entry.data_path.with_suffix(".meta").unlink(missing_ok=True)
+        entry.data_path.unlink(missing_ok=True)
+
+    # --- budget -----------------------------------------------------------------------------
+
+    def _reserve(self, writer: Writer) -> None:
+        self._reservations[id(writer)] = writer.info.size
+        self.stats.reserved_bytes += writer.info.size
+        self._make_room(0)
+
+    def _release(self, writer: Writer) -> None:
+        size = self._reservations.pop(id(writer), None)
+        if size is not None:
+            self.stats.reserved_bytes -= size
+
+    def _make_room(self, extra: int) -> None:
+        while self.stats.bytes + self.stats.reserved_bytes + extra > self.max_bytes:
+            key = self._dynamic.victim()
+            cls = "dynamic"
+            if key is None:
+                key = self._pinned.victim()
+                cls = "pinned"
+            if key is None:
+                return
+            entry = self._index.get(key)
+            if entry is None:
+                continue
+            self._delete(entry)
+            self.stats.evictions[cls] += 1
+            self.stats.evicted_bytes += entry.size
+            if self._on_evict is not None:
+                self._on_evict(entry, cls)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def begin(self, info: ObjectInfo, piece_size: int | None = None) -> Writer:
+        """Start writing an object; reserves its size in the budget (may evict)."""
+        path = self._tmp / f"{secrets.token_hex(12)}.part"
+        writer = Writer(self, info, piece_size or self.piece_size, path)
+        self._reserve(writer)
+        return writer
+
+    def resize(self, writer: Writer, info: ObjectInfo) -> None:
+        self._release(writer)
+        writer.reset(info)
+        self._reserve(writer)
+
+    async def _commit(self, writer: Writer, meta: ObjectMeta) -> Entry:
+        digest = key_digest(meta.info.key)
+        folder = self._objects / digest[:2]
+        data_path = folder / f"{digest}.data"
+        meta_path = folder / f"{digest}.meta"
+        meta_tmp = self._tmp / f"{secrets.token_hex(12)}.meta"
+        writer.final_path = data_path
+
+        def durable() -> None:
+            folder.mkdir(exist_ok=True)
+            writer.fsync()
+            writer.close_fd()
+            meta_path.unlink(missing_ok=True)  # replacing an older copy: uncommit it first
+            writer.path.replace(data_path)
+            _fsync_dir(folder)
+            with open(meta_tmp, "wb") as fh:  # noqa: PTH123 - need the descriptor for fsync
+                fh.write(meta.to_json())
+                fh.flush()
+                os.fsync(fh.fileno())
+            meta_tmp.replace(meta_path)
+            _fsync_dir(folder)
+
+        old = self._index.get(meta.info.key)
+        if old is not None:
+            self._forget(old)
+        try:
+            await asyncio.to_thread(durable)
+        except BaseException:
+            writer.abort()
+            meta_tmp.unlink(missing_ok=True)
+            raise
+        self._release(writer)
+        entry = Entry(meta=meta, data_path=data_path, verified=True)
+        self._add(entry)
+        self._make_room(0)
+        return entry
+
+    # --- verification -----------------------------------------------------------------------
+
+    @staticmethod
+    def _hash_pieces(entry: Entry) -> bool:
+        meta = entry.meta
+        try:
+            with open(entry.data_path, "rb") as fh:  # noqa: PTH123
+                for expected in meta.piece_hashes:
+                    piece = fh.read(meta.piece_size)
+                    if hashlib.sha256(piece).hexdigest() != expected:
+                        return False
+                return fh.read(1) == b""
+        except OSError:
+            return False
+
+    async def verify(self, entry: Entry) -> bool:
+        """Re-hash an unverified object; delete it when any piece is wrong."""
+        if entry.verified:
+            return True
+        ok = await asyncio.to_thread(self._hash_pieces, entry)
+        if ok:
+            entry.verified = True
+            return True
+        self.stats.corrupt_objects += 1
+        if self._index.get(entry.key) is entry:
+            self._delete(entry)
+        return False
+
+    async def verify_all(self, entries: list[Entry], deadline_seconds: float) -> int:
+        """Background verification after an unclean shutdown; returns objects checked."""
+        started = time.monotonic()
+        checked = 0
+        for entry in entries:
+            if time.monotonic() - started > deadline_seconds:
+                break
+            if self._index.get(entry.key) is entry and not entry.verified:
+                await self.verify(entry)
+            checked += 1
+        return checked
+
+    def by_content_set(self) -> dict[str, tuple[int, int]]:
+        """Objects and bytes held per ContentSet (pinned content only)."""
+        out: dict[str, tuple[int, int]] = {}
+        for entry in self._index.values():
+            name = entry.meta.content_set
+            if name is None:
+                continue
+            objects, size = out.get(name, (0, 0))
+            out[name] = (objects + 1, size + entry.size)
+        return out

@@ -1,0 +1,154 @@
+"""A counting, fault-injecting reverse proxy in front of the S3 test server.
+
+Tests need to know how many GETs reached the origin per key (coalescing:
+200 concurrent cold GETs must make exactly one) and to make the origin fail
+in specific ways (a body cut off mid-way). moto does not count or misbehave
+on request, so this small aiohttp proxy on loopback sits between the cache
+node and moto: the node's ``origin.endpointUrl`` points here.
+
+It forwards every request unchanged (method, path, query, headers including
+the SigV4 ``Authorization`` and ``Host``) and streams the answer back.
+Faults are set per key with :meth:`OriginProxy.cut_body` (close the
+connection after N body bytes, for the next M GETs) and
+:meth:`OriginProxy.stall` (pause before the body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import urllib.parse
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+@dataclass
+class _Cut:
+    after_bytes: int
+    times: int
+
+
+@dataclass
+class OriginProxy:
+    """Forward to ``upstream`` (the S3 endpoint URL); listen on ``host`` (loopback)."""
+
+    upstream: str
+    bucket: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    gets: collections.Counter[str] = field(default_factory=collections.Counter)
+    range_gets: collections.Counter[str] = field(default_factory=collections.Counter)
+    _cuts: dict[str, _Cut] = field(default_factory=dict)
+    _stalls: dict[str, float] = field(default_factory=dict)
+    _runner: web.AppRunner | None = None
+    _session: aiohttp.ClientSession | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def object_gets(self, key: str) -> int:
+        return self.gets[key]
+
+    def total_gets(self) -> int:
+        return sum(self.gets.values())
+
+    def cut_body(self, key: str, after_bytes: int, times: int = 1) -> None:
+        """Close the connection after ``after_bytes`` body bytes for the next ``times`` GETs."""
+        self._cuts[key] = _Cut(after_bytes, times)
+
+    def stall(self, key: str, seconds: float) -> None:
+        self._stalls[key] = seconds
+
+    def reset(self) -> None:
+        self.gets.clear()
+        self.range_gets.clear()
+        self._cuts.clear()
+        self._stalls.clear()
+
+    def _key_of(self, path: str) -> str | None:
+        prefix = f"/{self.bucket}/"
+        if not path.startswith(prefix):
+            return None
+        return urllib.parse.unquote(path[len(prefix) :])
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        key = self._key_of(request.path) if request.method == "GET" else None
+        if key is not None and not request.query:
+            self.gets[key] += 1
+            if "Range" in request.headers:
+                self.range_gets[key] += 1
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        body = await request.read()
+        url = self.upstream + request.raw_path
+        async with self._session.request(
+            request.method, url, headers=headers, data=body or None, allow_redirects=False
+        ) as upstream:
+            resp = web.StreamResponse(status=upstream.status)
+            for name, value in upstream.headers.items():
+                if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                    resp.headers.add(name, value)
+            if upstream.content_length is not None:
+                resp.content_length = upstream.content_length
+            await resp.prepare(request)
+            cut = self._cuts.get(key) if key is not None and upstream.status < 300 else None
+            stall = self._stalls.get(key) if key is not None else None
+            if stall:
+                await asyncio.sleep(stall)
+            sent = 0
+            async for chunk in upstream.content.iter_chunked(64 * 1024):
+                if cut is not None and sent + len(chunk) >= cut.after_bytes:
+                    await resp.write(chunk[: cut.after_bytes - sent])
+                    cut.times -= 1
+                    if cut.times <= 0 and key is not None:
+                        self._cuts.pop(key, None)
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return resp
+                await resp.write(chunk)
+                sent += len(chunk)
+            await resp.write_eof()
+            return resp
+
+    async def start(self) -> OriginProxy:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> OriginProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

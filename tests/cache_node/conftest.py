@@ -1,0 +1,184 @@
+"""Fixtures for cache-node tests: a seeded bucket, a counting origin proxy, a live node.
+
+Objects are small (tens of KiB to a few hundred KiB) so the suite stays light on
+the shared 2-core machine. Every node listens on 127.0.0.1 with ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aiohttp import web
+
+from cache_node.app import Apps, create_apps
+from cache_node.config import NodeConfig
+from edgefill_devenv.catalogue import object_bytes
+from edgefill_devenv.origin_proxy import OriginProxy
+from edgefill_devenv.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+
+KiB = 1024
+_bucket_ids = itertools.count()
+
+TOKEN_KEYS = {"k1": b"first-secret-key-0123456789abcdef", "k2": b"second-secret-key-0123456789abc"}
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("EDGEFILL_S3_ENDPOINT", raising=False)
+
+
+@dataclass
+class Bucket:
+    name: str
+    server: S3Server
+    objects: dict[str, bytes]
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.server.endpoint_url,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+        )
+
+    def put(self, key: str, data: bytes, **extra: str) -> None:
+        self.client().put_object(Bucket=self.name, Key=key, Body=data, **extra)
+        self.objects[key] = data
+
+
+def make_bucket(server: S3Server, sizes: dict[str, int]) -> Bucket:
+    name = f"edgefill-test-{os.getpid()}-{next(_bucket_ids)}"
+    bucket = Bucket(name=name, server=server, objects={})
+    bucket.client().create_bucket(Bucket=name)
+    for key, size in sizes.items():
+        bucket.put(key, object_bytes(key, size))
+    return bucket
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> Bucket:
+    return make_bucket(
+        s3_server,
+        {
+            "vod/small.bin": 3000,
+            "vod/medium.bin": 200 * KiB + 17,
+            "vod/empty.bin": 0,
+            "vod/title/seg-1.m4s": 100 * KiB,
+            "vod/title/seg-2.m4s": 64 * KiB,
+            "other/secret.bin": 5000,
+        },
+    )
+
+
+@pytest.fixture
+async def proxy(bucket: Bucket) -> AsyncIterator[OriginProxy]:
+    async with OriginProxy(upstream=bucket.server.endpoint_url, bucket=bucket.name) as p:
+        yield p
+
+
+@pytest.fixture
+def token_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "token-keys"
+    folder.mkdir()
+    for kid, secret in TOKEN_KEYS.items():
+        (folder / kid).write_bytes(secret)
+    return folder
+
+
+def node_config(
+    store: Path,
+    endpoint: str,
+    bucket: str,
+    *,
+    tokens_dir: Path | None = None,
+    **overrides: Any,
+) -> NodeConfig:
+    doc: dict[str, Any] = {
+        "site": {"namespace": "edge", "name": "test-site"},
+        "listen": {"host": "127.0.0.1"},
+        "store": {"path": str(store), "maxBytes": 64 * 1024 * KiB, "pieceSizeBytes": 16 * KiB},
+        "origin": {
+            "endpointUrl": endpoint,
+            "bucket": bucket,
+            "connectTimeoutSeconds": 2,
+            "readTimeoutSeconds": 5,
+            "totalDeadlineSeconds": 30,
+            "maxAttempts": 4,
+        },
+        "tokens": (
+            {"enabled": True, "keysDir": str(tokens_dir)}
+            if tokens_dir is not None
+            else {"enabled": False}
+        ),
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            doc.setdefault(section, {}).update(values)
+        else:
+            doc[section] = values
+    return NodeConfig.model_validate(doc)
+
+
+@dataclass
+class LiveNode:
+    apps: Apps
+    client_url: str
+    metrics_url: str
+
+    @property
+    def store(self) -> Any:
+        return self.apps.node.store
+
+
+@asynccontextmanager
+async def live_node(config: NodeConfig, name: str = "node-0") -> AsyncIterator[LiveNode]:
+    """The node's client and metrics apps on ephemeral loopback ports, ready to serve."""
+    apps = create_apps(config, name)
+    runners: list[web.AppRunner] = []
+    urls: list[str] = []
+    try:
+        for app in (apps.client, apps.metrics):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        for _ in range(500):
+            if apps.node.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert apps.node.ready, apps.node.recovery_error
+        yield LiveNode(apps=apps, client_url=urls[0], metrics_url=urls[1])
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+async def until(condition: Callable[[], bool], what: str, attempts: int = 500) -> None:
+    """Wait for ``condition`` (polling, bounded by attempts, not by a clock)."""
+    for _ in range(attempts):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+@pytest.fixture
+def config_for(tmp_path: Path) -> Callable[..., NodeConfig]:
+    def build(endpoint: str, bucket: str, **kw: Any) -> NodeConfig:
+        return node_config(tmp_path / "store", endpoint, bucket, **kw)
+
+    return build

@@ -1,0 +1,130 @@
+"""Misses, hits, coalescing and origin failures against the real S3 test server.
+
+The node talks to moto through the counting proxy, so every assertion about
+origin traffic is a count of real HTTP GETs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from cache_node.config import NodeConfig
+from edgefill_devenv.origin_proxy import OriginProxy
+
+from .conftest import Bucket, KiB, live_node, until
+
+pytestmark = pytest.mark.integration
+
+
+async def _get(
+    session: aiohttp.ClientSession, url: str, **kw: Any
+) -> tuple[int, CIMultiDict[str], bytes]:
+    async with session.get(url, **kw) as resp:
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+async def test_miss_then_hit(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    key = "vod/medium.bin"
+    async with (
+        live_node(config_for(proxy.endpoint_url, bucket.name)) as node,
+        aiohttp.ClientSession() as s,
+    ):
+        status, headers, body = await _get(s, f"{node.client_url}/{key}")
+        assert status == 200
+        assert body == bucket.objects[key]
+        assert headers["X-EdgeFill-Result"] == "miss"
+        assert headers["Content-Length"] == str(len(body))
+        assert headers["Accept-Ranges"] == "bytes"
+        assert headers["ETag"] == '"' + hashlib.md5(body).hexdigest() + '"'
+        await until(lambda: key in node.store, "the fill committed")
+        status, headers, body2 = await _get(s, f"{node.client_url}/{key}")
+        assert status == 200
+        assert body2 == body
+        assert headers["X-EdgeFill-Result"] == "hit"
+        assert proxy.object_gets(key) == 1
+        pieces = node.store.piece_hashes(key)
+        assert pieces is not None
+        piece_size, hashes = pieces
+        assert piece_size == 16 * KiB
+        assert list(hashes) == [
+            hashlib.sha256(body[i : i + piece_size]).hexdigest()
+            for i in range(0, len(body), piece_size)
+        ]
+
+
+async def test_small_and_empty_objects_and_missing_key(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    async with (
+        live_node(config_for(proxy.endpoint_url, bucket.name)) as node,
+        aiohttp.ClientSession() as s,
+    ):
+        for key in ("vod/small.bin", "vod/empty.bin"):
+            for _ in range(2):  # miss, then hit (the small one from the memory tier)
+                status, headers, body = await _get(s, f"{node.client_url}/{key}")
+                assert status == 200
+                assert body == bucket.objects[key]
+                assert headers["Content-Length"] == str(len(body))
+                await until(lambda k=key: k in node.store, "the fill committed")  # type: ignore[misc]
+        status, _, body = await _get(s, f"{node.client_url}/vod/nope.bin")
+        assert status == 404
+        assert proxy.object_gets("vod/small.bin") == 1
+
+
+async def test_200_concurrent_cold_gets_make_one_origin_get(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    key = "vod/title/seg-1.m4s"
+    proxy.stall(key, 0.2)  # keep the fill open while all 200 requests arrive
+    connector = aiohttp.TCPConnector(limit=0)
+    async with (
+        live_node(config_for(proxy.endpoint_url, bucket.name)) as node,
+        aiohttp.ClientSession(connector=connector) as s,
+    ):
+        results = await asyncio.gather(*(_get(s, f"{node.client_url}/{key}") for _ in range(200)))
+    assert all(status == 200 for status, _, _ in results)
+    assert all(body == bucket.objects[key] for _, _, body in results)
+    assert proxy.object_gets(key) == 1
+
+
+async def test_origin_cut_mid_body_is_resumed_with_range(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    key = "vod/medium.bin"
+    proxy.cut_body(key, after_bytes=70 * KiB, times=1)
+    async with (
+        live_node(config_for(proxy.endpoint_url, bucket.name)) as node,
+        aiohttp.ClientSession() as s,
+    ):
+        status, _, body = await _get(s, f"{node.client_url}/{key}")
+        assert status == 200
+        assert body == bucket.objects[key]
+    assert proxy.object_gets(key) == 2
+    assert proxy.range_gets[key] == 1
+
+
+async def test_origin_failing_after_headers_aborts_the_client(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    key = "vod/medium.bin"
+    proxy.cut_body(key, after_bytes=50 * KiB, times=10)  # every attempt dies mid-body
+    cfg = config_for(proxy.endpoint_url, bucket.name, origin={"maxAttempts": 2})
+    async with live_node(cfg) as node, aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await _get(s, f"{node.client_url}/{key}")
+        assert key not in node.store
+        assert list((node.store.root / "tmp").iterdir()) == []
+        proxy.reset()
+        status, _, body = await _get(s, f"{node.client_url}/{key}")
+        assert status == 200
+        assert body == bucket.objects[key]
+        assert proxy.object_gets(key) == 1
