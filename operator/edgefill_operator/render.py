@@ -1,0 +1,533 @@
+"""Pure render functions: an EdgeSite (plus what it depends on) in, child manifests out.
+
+Nothing here talks to the API server; the reconciler feeds these functions the
+objects it read and server-side applies what they return. Everything is
+rendered in full every time (level-based): the same inputs give byte-identical
+objects, so applying them again is a no-op for the API server.
+
+The node configuration follows ``cache_node/node-config.schema.json`` (the
+operator never imports ``cache_node``; the tests validate every rendered
+document against that schema).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+from edgefill_operator import names
+from edgefill_operator.planning import SiteRef
+
+Obj = Mapping[str, Any]
+Manifest = dict[str, Any]
+
+DEFAULT_PORTS = {"client": 8080, "peer": 8081, "metrics": 9090}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A parent or sibling site, resolved: its peer Service and port."""
+
+    ref: SiteRef
+    role: str
+    peer_port: int
+
+
+@dataclass(frozen=True)
+class SiteInputs:
+    """Everything a site's children depend on, read by the reconciler."""
+
+    site: Obj
+    fill_plan: list[dict[str, Any]] = field(default_factory=list)
+    upstreams: list[Upstream] = field(default_factory=list)
+    downstreams: list[SiteRef] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.site["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.site["metadata"]["namespace"])
+
+    @property
+    def spec(self) -> Obj:
+        spec: Obj = self.site.get("spec") or {}
+        return spec
+
+
+def quantity_bytes(value: str | int) -> int:
+    """A Kubernetes quantity (``90Gi``, ``500M``) as whole bytes."""
+    exact = parse_quantity(value)  # type: ignore[no-untyped-call]
+    return int(exact.to_integral_value(rounding="ROUND_FLOOR"))
+
+
+def ports(spec: Obj) -> dict[str, int]:
+    given = spec.get("ports") or {}
+    return {k: int(given.get(k, v)) for k, v in DEFAULT_PORTS.items()}
+
+
+def owner_reference(site: Obj) -> dict[str, Any]:
+    meta = site["metadata"]
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": "EdgeSite",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(inputs: SiteInputs, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": inputs.namespace,
+        "labels": names.common_labels(inputs.name),
+        "ownerReferences": [owner_reference(inputs.site)],
+    }
+
+
+def peer_url(namespace: str, site: str, port: int, ordinal: int | None = None) -> str:
+    """Peer endpoint of one pod (stable DNS through the headless Service) or of a whole site."""
+    svc = f"{names.peer_service_name(site)}.{namespace}.svc"
+    host = f"{names.pod_name(site, ordinal)}.{svc}" if ordinal is not None else svc
+    return f"http://{host}:{port}"
+
+
+def node_config(inputs: SiteInputs) -> dict[str, Any]:
+    """The ``node.json`` document every node of the site mounts."""
+    spec = inputs.spec
+    p = ports(spec)
+    cache = spec.get("cache") or {}
+    origin = spec["origin"]
+    fill = spec.get("fill") or {}
+    window = fill.get("window") or {}
+    peering = spec.get("peering") or {}
+    tokens = spec.get("tokens") or {}
+    tracker = spec.get("tracker") or {}
+    replicas = int(spec.get("replicas", 2))
+
+    origin_doc: dict[str, Any] = {
+        "bucket": origin["bucket"],
+        "region": origin.get("region", "us-east-1"),
+    }
+    if origin.get("endpoint"):
+        origin_doc["endpointUrl"] = origin["endpoint"]
+    if origin.get("credentialsSecretRef"):
+        origin_doc["credentialsDir"] = names.ORIGIN_CREDENTIALS_DIR
+
+    peering_doc: dict[str, Any] = {
+        "members": [
+            {
+                "name": names.pod_name(inputs.name, i),
+                "peerUrl": peer_url(inputs.namespace, inputs.name, p["peer"], i),
+            }
+            for i in range(replicas)
+        ],
+        "upstreams": [
+            {
+                "name": u.ref.qualified,
+                "role": u.role,
+                "peerUrl": peer_url(u.ref.namespace, u.ref.name, u.peer_port),
+            }
+            for u in inputs.upstreams
+        ],
+        "maxHops": int(peering.get("maxHops", 2)),
+    }
+    if peering.get("secretRef"):
+        peering_doc["secretFile"] = f"{names.PEER_SECRET_DIR}/{names.PEER_SECRET_KEY}"
+
+    fill_doc: dict[str, Any] = {
+        "window": {
+            "start": window.get("start", "02:00"),
+            "durationSeconds": int(window.get("durationSeconds", 43200)),
+            "timeZone": window.get("timeZone", "UTC"),
+        },
+        "allowOutsideWindow": bool(fill.get("allowOutsideWindow", False)),
+        "rateLimitBytesPerSecond": int(fill.get("rateLimitBytesPerSecond", 150_000_000)),
+        "concurrency": int(fill.get("concurrency", 4)),
+    }
+    if fill.get("budgetBytesPerWindow") is not None:
+        fill_doc["budgetBytesPerWindow"] = int(fill["budgetBytesPerWindow"])
+
+    tokens_enabled = bool(tokens.get("enabled", True))
+    tokens_doc: dict[str, Any] = {
+        "enabled": tokens_enabled,
+        "clockSkewSeconds": int(tokens.get("clockSkewSeconds", 30)),
+    }
+    if tokens_enabled or tokens.get("secretRef"):
+        tokens_doc["keysDir"] = names.TOKEN_KEYS_DIR
+
+    return {
+        "schemaVersion": 1,
+        "site": {"namespace": inputs.namespace, "name": inputs.name},
+        "listen": {
+            "host": "0.0.0.0",  # noqa: S104 - a pod listens on all of its interfaces
+            "clientPort": p["client"],
+            "peerPort": p["peer"],
+            "metricsPort": p["metrics"],
+        },
+        "store": {
+            "path": names.STORE_DIR,
+            "maxBytes": quantity_bytes(cache["size"]),
+            "evictionPolicy": cache.get("evictionPolicy", "s3fifo"),
+            "memoryTierBytes": quantity_bytes(cache.get("memoryTier", "64Mi")),
+        },
+        "origin": origin_doc,
+        "peering": peering_doc,
+        "fill": fill_doc,
+        "fillPlan": list(inputs.fill_plan),
+        "tokens": tokens_doc,
+        "tracker": {
+            "enabled": bool(tracker.get("enabled", True)),
+            "announceIntervalSeconds": int(tracker.get("announceIntervalSeconds", 120)),
+            "maxPeersPerSwarm": int(tracker.get("maxPeersPerSwarm", 1000)),
+            "maxNumwant": int(tracker.get("maxNumwant", 50)),
+        },
+        "clientNetworks": list(spec.get("clientNetworks") or []),
+    }
+
+
+def render_config_map(inputs: SiteInputs) -> Manifest:
+    doc = json.dumps(node_config(inputs), indent=2, sort_keys=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(inputs, names.configmap_name(inputs.name)),
+        "data": {names.CONFIG_KEY: doc + "\n"},
+    }
+
+
+def render_service_account(inputs: SiteInputs) -> Manifest:
+    """A cache node needs no Kubernetes API access at all: no Role, no token mounted."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(inputs, names.service_account_name(inputs.name)),
+        "automountServiceAccountToken": False,
+    }
+
+
+def render_peer_service(inputs: SiteInputs) -> Manifest:
+    """Headless: one DNS record per pod, published before readiness so peers find each other."""
+    p = ports(inputs.spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(inputs, names.peer_service_name(inputs.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": names.selector_labels(inputs.name),
+            "ports": [
+                {"name": "peer", "port": p["peer"], "targetPort": "peer", "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": p["metrics"],
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def render_client_service(inputs: SiteInputs) -> Manifest:
+    """The site's address for end users: content and the tracker on one port."""
+    p = ports(inputs.spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(inputs, names.client_service_name(inputs.name)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": names.selector_labels(inputs.name),
+            "ports": [
+                {
+                    "name": "http",
+                    "port": p["client"],
+                    "targetPort": "client",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    }
+
+
+def render_pdb(inputs: SiteInputs) -> Manifest:
+    """At most one node of a site down by voluntary disruption: one slice missed at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(inputs, names.pdb_name(inputs.name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": names.selector_labels(inputs.name)},
+        },
+    }
+
+
+def render_network_policies(inputs: SiteInputs) -> list[Manifest]:
+    """Clients reach the client port; site members and downstream sites reach the peer port.
+
+    The metrics port (probes, Prometheus, the operator's /status poll) is open
+    to the operator and to pods labelled as Prometheus scrapers only.
+    """
+    p = ports(inputs.spec)
+    pods = {"matchLabels": names.selector_labels(inputs.name)}
+    networks = list(inputs.spec.get("clientNetworks") or [])
+    client_rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": p["client"]}]}
+    if networks:
+        client_rule["from"] = [{"ipBlock": {"cidr": c}} for c in networks]
+    peers: list[dict[str, Any]] = [{"podSelector": pods}]
+    for ref in inputs.downstreams:
+        peers.append(
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": ref.namespace}
+                },
+                "podSelector": {"matchLabels": names.selector_labels(ref.name)},
+            }
+        )
+    any_namespace: dict[str, Any] = {"namespaceSelector": {}}
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(inputs, names.client_policy_name(inputs.name)),
+            "spec": {"podSelector": pods, "policyTypes": ["Ingress"], "ingress": [client_rule]},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(inputs, names.peer_policy_name(inputs.name)),
+            "spec": {
+                "podSelector": pods,
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": p["peer"]}]}],
+            },
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(inputs, names.metrics_policy_name(inputs.name)),
+            "spec": {
+                "podSelector": pods,
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            {
+                                **any_namespace,
+                                "podSelector": {
+                                    "matchLabels": {
+                                        "app.kubernetes.io/name": names.OPERATOR_APP_NAME
+                                    }
+                                },
+                            },
+                            {
+                                **any_namespace,
+                                "podSelector": {
+                                    "matchLabels": {"edgefill.io/scrape-metrics": "true"}
+                                },
+                            },
+                        ],
+                        "ports": [{"protocol": "TCP", "port": p["metrics"]}],
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def _secret_volume(
+    name: str, secret: str, items: Sequence[tuple[str, str]] | None = None
+) -> Manifest:
+    source: dict[str, Any] = {"secretName": secret, "defaultMode": 0o440}
+    if items is not None:
+        source["items"] = [{"key": k, "path": path} for k, path in items]
+    return {"name": name, "secret": source}
+
+
+def render_statefulset(inputs: SiteInputs) -> Manifest:
+    """Cache nodes with stable identities (``<site>-cache-<n>``): the hash ring's members."""
+    spec = inputs.spec
+    site = inputs.name
+    p = ports(spec)
+    placement = spec.get("placement") or {}
+    spread = placement.get("topologySpread") or {}
+    storage = spec.get("storage") or {}
+    origin = spec["origin"]
+    tokens = spec.get("tokens") or {}
+    peering = spec.get("peering") or {}
+
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": names.CONFIG_DIR, "readOnly": True},
+        {"name": "store", "mountPath": names.STORE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
+    ]
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "config",
+            "configMap": {
+                "name": names.configmap_name(site),
+                "items": [{"key": names.CONFIG_KEY, "path": names.CONFIG_KEY}],
+            },
+        },
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    if origin.get("credentialsSecretRef"):
+        mounts.append(
+            {
+                "name": "origin-credentials",
+                "mountPath": names.ORIGIN_CREDENTIALS_DIR,
+                "readOnly": True,
+            }
+        )
+        volumes.append(
+            _secret_volume(
+                "origin-credentials",
+                origin["credentialsSecretRef"]["name"],
+                [("accessKeyId", "accessKeyId"), ("secretAccessKey", "secretAccessKey")],
+            )
+        )
+    if tokens.get("secretRef"):
+        mounts.append({"name": "token-keys", "mountPath": names.TOKEN_KEYS_DIR, "readOnly": True})
+        volumes.append(
+            _secret_volume(
+                "token-keys",
+                tokens["secretRef"]["name"],
+                [(k["secretKey"], k["id"]) for k in tokens.get("keys") or []],
+            )
+        )
+    if peering.get("secretRef"):
+        mounts.append({"name": "peer-secret", "mountPath": names.PEER_SECRET_DIR, "readOnly": True})
+        volumes.append(
+            _secret_volume(
+                "peer-secret",
+                peering["secretRef"]["name"],
+                [(names.PEER_SECRET_KEY, names.PEER_SECRET_KEY)],
+            )
+        )
+
+    claims: list[dict[str, Any]] = []
+    size = storage.get("size", "100Gi")
+    if storage.get("volume", "PersistentVolumeClaim") == "EmptyDir":
+        volumes.append({"name": "store", "emptyDir": {"sizeLimit": size}})
+    else:
+        claim_spec: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": size}},
+        }
+        if storage.get("storageClassName"):
+            claim_spec["storageClassName"] = storage["storageClassName"]
+        claims.append({"metadata": {"name": "store"}, "spec": claim_spec})
+
+    resources = spec.get("resources") or {}
+    container: dict[str, Any] = {
+        "name": "cache-node",
+        "image": spec.get("image", "edgefill/cache-node:0.1.0"),
+        "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
+        "args": ["--config", f"{names.CONFIG_DIR}/{names.CONFIG_KEY}"],
+        "env": [
+            {
+                "name": "EDGEFILL_NODE_NAME",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            }
+        ],
+        "ports": [
+            {"name": "client", "containerPort": p["client"], "protocol": "TCP"},
+            {"name": "peer", "containerPort": p["peer"], "protocol": "TCP"},
+            {"name": "metrics", "containerPort": p["metrics"], "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 60,
+        },
+        "resources": {k: dict(v) for k, v in resources.items() if v},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": names.service_account_name(site),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "nodeSelector": dict(placement.get("nodeSelector") or {}),
+        "tolerations": [dict(t) for t in placement.get("tolerations") or []],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": int(spread.get("maxSkew", 1)),
+                "topologyKey": spread.get("topologyKey", "kubernetes.io/hostname"),
+                "whenUnsatisfiable": spread.get("whenUnsatisfiable", "DoNotSchedule"),
+                "labelSelector": {"matchLabels": names.selector_labels(site)},
+            }
+        ],
+        "containers": [container],
+        "volumes": volumes,
+    }
+    sts_spec: dict[str, Any] = {
+        "replicas": int(spec.get("replicas", 2)),
+        "serviceName": names.peer_service_name(site),
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+        "selector": {"matchLabels": names.selector_labels(site)},
+        "template": {
+            "metadata": {"labels": names.common_labels(site)},
+            "spec": pod_spec,
+        },
+    }
+    if claims:
+        sts_spec["volumeClaimTemplates"] = claims
+        sts_spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": "Delete",
+            "whenScaled": "Retain",
+        }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(inputs, names.statefulset_name(site)),
+        "spec": sts_spec,
+    }
+
+
+def render_children(inputs: SiteInputs) -> list[Manifest]:
+    """Every child of a site, in apply order (config and identity before the pods)."""
+    return [
+        render_service_account(inputs),
+        render_config_map(inputs),
+        render_peer_service(inputs),
+        render_client_service(inputs),
+        *render_network_policies(inputs),
+        render_pdb(inputs),
+        render_statefulset(inputs),
+    ]

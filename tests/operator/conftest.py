@@ -1,0 +1,150 @@
+"""Operator test fixtures: example objects, the node-config schema and a counting fake cluster.
+
+Helpers live here (not in an importable module) because a package named
+``tests.operator`` or ``operator`` on sys.path would shadow the standard
+library's ``operator``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edgefill_operator.kube import KubeError
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+CRDS = REPO / "crds"
+SCHEMA = REPO / "cache_node" / "node-config.schema.json"
+
+Obj = dict[str, Any]
+
+
+def load_examples() -> list[Obj]:
+    docs: list[Obj] = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def example(kind: str, name: str, namespace: str = "edge") -> Obj:
+    for doc in load_examples():
+        if doc["kind"] == kind and doc["metadata"]["name"] == name:
+            obj = copy.deepcopy(doc)
+            obj["metadata"].setdefault("namespace", namespace)
+            obj["metadata"].setdefault("uid", f"uid-{name}")
+            obj["metadata"].setdefault("generation", 1)
+            return obj
+    raise KeyError((kind, name))
+
+
+def node_config_schema() -> Obj:
+    """The committed node-config schema; generated from the model when not committed yet."""
+    if SCHEMA.exists():
+        schema: Obj = json.loads(SCHEMA.read_text())
+        return schema
+    out = subprocess.run(
+        [sys.executable, "-m", "cache_node.config"], check=True, capture_output=True, text=True
+    )
+    generated: Obj = json.loads(out.stdout)
+    return generated
+
+
+class FakeCluster:
+    """In-memory :class:`ClusterApi` that counts calls; StatefulSet status is set by tests."""
+
+    def __init__(self, objects: list[Obj] | None = None) -> None:
+        self.objects: dict[tuple[str, str, str], Obj] = {}
+        self.applies: list[tuple[str, str]] = []
+        self.status_patches: list[tuple[str, str, Obj]] = []
+        self.fail_apply: dict[str, KubeError] = {}
+        for obj in objects or []:
+            self.put(obj)
+
+    @staticmethod
+    def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
+        return (kind, namespace, name)
+
+    def put(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        self.objects[self._key(obj["kind"], meta["namespace"], meta["name"])] = copy.deepcopy(obj)
+
+    def apply(self, manifest: Mapping[str, Any]) -> Obj:
+        kind = manifest["kind"]
+        if kind in self.fail_apply:
+            raise self.fail_apply[kind]
+        meta = manifest["metadata"]
+        key = self._key(kind, meta["namespace"], meta["name"])
+        self.applies.append((kind, meta["name"]))
+        old = self.objects.get(key)
+        new = copy.deepcopy(dict(manifest))
+        if old is not None:
+            new["status"] = old.get("status", {})
+            gen = old["metadata"].get("generation", 1)
+            changed = old.get("spec") != new.get("spec")
+            new["metadata"]["generation"] = gen + 1 if changed else gen
+        else:
+            new["metadata"]["generation"] = 1
+        self.objects[key] = new
+        return copy.deepcopy(new)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        obj = self.objects.get(self._key(kind, namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, selector: str | None = None
+    ) -> list[Obj]:
+        wanted = dict(s.split("=", 1) for s in selector.split(",")) if selector else {}
+        out = []
+        for (k, ns, _), obj in sorted(self.objects.items()):
+            if k != kind or (namespace is not None and ns != namespace):
+                continue
+            labels = obj["metadata"].get("labels") or {}
+            if all(labels.get(a) == b for a, b in wanted.items()):
+                out.append(copy.deepcopy(obj))
+        return out
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        key = self._key(kind, namespace, name)
+        self.status_patches.append((kind, name, dict(status)))
+        obj = self.objects[key]
+        merged = dict(obj.get("status") or {})
+        for k, v in status.items():
+            if v is None:
+                merged.pop(k, None)
+            else:
+                merged[k] = v
+        obj["status"] = merged
+
+    def children(self, namespace: str) -> list[tuple[str, str]]:
+        return sorted(
+            (k, n)
+            for (k, ns, n) in self.objects
+            if ns == namespace and k not in ("EdgeSite", "ContentSet", "Pod")
+        )
+
+
+@pytest.fixture
+def fake_cluster() -> type[FakeCluster]:
+    return FakeCluster
+
+
+@pytest.fixture(scope="session")
+def node_schema() -> Obj:
+    return node_config_schema()
+
+
+@pytest.fixture
+def edge_example() -> Any:
+    return example

@@ -1,0 +1,244 @@
+"""Render functions: examples in, children out; every node config validates against the schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from edgefill_operator import names
+from edgefill_operator.planning import SiteRef, fill_plan
+from edgefill_operator.render import (
+    SiteInputs,
+    Upstream,
+    node_config,
+    quantity_bytes,
+    render_children,
+    render_network_policies,
+    render_statefulset,
+)
+
+SITES = ["alpha-east", "beta-west"]
+CONTENTSETS = ["popular-titles", "series-launch"]
+
+
+def _inputs(edge_example: Any, site_name: str, **kw: Any) -> SiteInputs:
+    site = edge_example("EdgeSite", site_name)
+    sets = [edge_example("ContentSet", c) for c in CONTENTSETS]
+    return SiteInputs(site=site, fill_plan=fill_plan(site, sets), **kw)
+
+
+@pytest.mark.parametrize("site_name", SITES)
+def test_children_are_exactly_the_expected_set(edge_example: Any, site_name: str) -> None:
+    children = render_children(_inputs(edge_example, site_name))
+    kinds = sorted((c["kind"], c["metadata"]["name"]) for c in children)
+    assert kinds == sorted(
+        [
+            ("ServiceAccount", f"{site_name}-cache-node"),
+            ("ConfigMap", f"{site_name}-config"),
+            ("Service", f"{site_name}-peers"),
+            ("Service", site_name),
+            ("NetworkPolicy", f"{site_name}-clients"),
+            ("NetworkPolicy", f"{site_name}-peers"),
+            ("NetworkPolicy", f"{site_name}-metrics"),
+            ("PodDisruptionBudget", f"{site_name}-cache"),
+            ("StatefulSet", f"{site_name}-cache"),
+        ]
+    )
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "edge"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "edgefill-operator"
+        (owner,) = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "edgefill.io/v1alpha1",
+            "kind": "EdgeSite",
+            "name": site_name,
+            "uid": f"uid-{site_name}",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def test_render_is_deterministic(edge_example: Any) -> None:
+    a = render_children(_inputs(edge_example, "alpha-east"))
+    b = render_children(_inputs(edge_example, "alpha-east"))
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_statefulset_places_pods_on_the_sites_nodes_only(edge_example: Any) -> None:
+    sts = render_statefulset(_inputs(edge_example, "beta-west"))
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"edgefill.io/site": "beta-west"}
+    assert {
+        "key": "edgefill.io/dedicated",
+        "operator": "Equal",
+        "value": "edge-cache",
+        "effect": "NoSchedule",
+    } in pod["tolerations"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == names.selector_labels("beta-west")
+    assert sts["spec"]["serviceName"] == "beta-west-peers"
+    assert sts["spec"]["replicas"] == 2
+    assert sts["spec"]["selector"]["matchLabels"] == names.selector_labels("beta-west")
+    assert pod["serviceAccountName"] == "beta-west-cache-node"
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    env = {e["name"]: e for e in container["env"]}
+    assert env["EDGEFILL_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_token_keys_are_mounted_as_files_named_by_key_id(edge_example: Any) -> None:
+    sts = render_statefulset(_inputs(edge_example, "alpha-east"))
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["token-keys"]["secret"]["items"] == [
+        {"key": "key-2026-11", "path": "2026-11"},
+        {"key": "key-2026-12", "path": "2026-12"},
+    ]
+    assert vols["origin-credentials"]["secret"]["secretName"] == "origin-credentials"
+    assert vols["store"] == {"name": "store", "emptyDir": {"sizeLimit": "20Gi"}}
+    assert "volumeClaimTemplates" not in sts["spec"]
+
+
+def test_persistent_storage_uses_one_claim_per_node(edge_example: Any) -> None:
+    site = edge_example("EdgeSite", "alpha-east")
+    site["spec"]["storage"] = {"size": "500Gi", "storageClassName": "local-nvme"}
+    sts = render_statefulset(SiteInputs(site=site))
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "store"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "500Gi"
+    assert claim["spec"]["storageClassName"] == "local-nvme"
+    names_ = [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]]
+    assert "store" not in names_
+
+
+def test_network_policies_admit_clients_members_and_downstream_sites(edge_example: Any) -> None:
+    inputs = _inputs(edge_example, "alpha-east", downstreams=[SiteRef("edge", "beta-west")])
+    clients, peers, metrics = render_network_policies(inputs)
+    (rule,) = clients["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert rule["from"] == [
+        {"ipBlock": {"cidr": "198.51.100.0/24"}},
+        {"ipBlock": {"cidr": "2001:db8:a::/48"}},
+    ]
+    (peer_rule,) = peers["spec"]["ingress"]
+    assert peer_rule["ports"] == [{"protocol": "TCP", "port": 8081}]
+    sources = peer_rule["from"]
+    assert sources[0] == {"podSelector": {"matchLabels": names.selector_labels("alpha-east")}}
+    assert sources[1]["podSelector"]["matchLabels"] == names.selector_labels("beta-west")
+    assert sources[1]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "edge"}
+    }
+    assert len(sources) == 2
+    assert metrics["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 9090}]
+
+
+def test_without_client_networks_every_client_reaches_the_client_port(edge_example: Any) -> None:
+    site = edge_example("EdgeSite", "beta-west")
+    del site["spec"]["clientNetworks"]
+    clients, _, _ = render_network_policies(SiteInputs(site=site))
+    assert "from" not in clients["spec"]["ingress"][0]
+
+
+@pytest.mark.parametrize("site_name", SITES)
+def test_node_config_validates_against_the_committed_schema(
+    edge_example: Any, node_schema: dict[str, Any], site_name: str
+) -> None:
+    upstreams = (
+        [Upstream(SiteRef("edge", "alpha-east"), "parent", 8081)]
+        if site_name == "beta-west"
+        else []
+    )
+    doc = node_config(_inputs(edge_example, site_name, upstreams=upstreams))
+    jsonschema.validate(doc, node_schema)
+
+
+def test_node_config_content(edge_example: Any) -> None:
+    doc = node_config(
+        _inputs(
+            edge_example,
+            "beta-west",
+            upstreams=[Upstream(SiteRef("edge", "alpha-east"), "parent", 8081)],
+        )
+    )
+    assert doc["site"] == {"namespace": "edge", "name": "beta-west"}
+    assert doc["store"]["maxBytes"] == 9 * 1024**3
+    assert doc["peering"]["members"] == [
+        {
+            "name": "beta-west-cache-0",
+            "peerUrl": "http://beta-west-cache-0.beta-west-peers.edge.svc:8081",
+        },
+        {
+            "name": "beta-west-cache-1",
+            "peerUrl": "http://beta-west-cache-1.beta-west-peers.edge.svc:8081",
+        },
+    ]
+    assert doc["peering"]["upstreams"] == [
+        {
+            "name": "edge/alpha-east",
+            "role": "parent",
+            "peerUrl": "http://alpha-east-peers.edge.svc:8081",
+        }
+    ]
+    assert doc["fill"]["window"] == {
+        "start": "01:00",
+        "durationSeconds": 21600,
+        "timeZone": "Europe/Berlin",
+    }
+    assert doc["fill"]["rateLimitBytesPerSecond"] == 50_000_000
+    assert doc["tokens"] == {
+        "enabled": True,
+        "clockSkewSeconds": 30,
+        "keysDir": "/etc/edgefill/tokens",
+    }
+    assert [e["name"] for e in doc["fillPlan"]] == ["edge/popular-titles", "edge/series-launch"]
+    assert doc["clientNetworks"] == ["203.0.113.0/24"]
+
+
+def test_rendered_configs_load_in_the_cache_nodes_own_loader(
+    edge_example: Any, tmp_path: Path
+) -> None:
+    """The node's pydantic loader also enforces cross-field rules the JSON Schema cannot."""
+    for site_name in SITES:
+        path = tmp_path / f"{site_name}.json"
+        path.write_text(json.dumps(node_config(_inputs(edge_example, site_name))))
+        out = subprocess.run(
+            [sys.executable, "-m", "cache_node.config", "--check", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+
+
+def test_config_map_carries_node_json(edge_example: Any, node_schema: dict[str, Any]) -> None:
+    children = render_children(_inputs(edge_example, "alpha-east"))
+    (cm,) = [c for c in children if c["kind"] == "ConfigMap"]
+    doc = json.loads(cm["data"]["node.json"])
+    jsonschema.validate(doc, node_schema)
+    assert doc["fillPlan"][0]["source"] == {
+        "bucket": "catalogue",
+        "manifestKey": "manifests/popular.jsonl",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("90Gi", 90 * 1024**3), ("500M", 500_000_000), ("1", 1), ("64Mi", 64 * 1024**2), ("0", 0)],
+)
+def test_quantity_bytes(text: str, expected: int) -> None:
+    assert quantity_bytes(text) == expected
+
+
+def test_disabled_tokens_render_no_keys_dir(edge_example: Any, node_schema: dict[str, Any]) -> None:
+    site = edge_example("EdgeSite", "beta-west")
+    site["spec"]["tokens"] = {"enabled": False}
+    doc = node_config(SiteInputs(site=site))
+    assert doc["tokens"] == {"enabled": False, "clockSkewSeconds": 30}
+    jsonschema.validate(doc, node_schema)
