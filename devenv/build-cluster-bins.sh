@@ -28,6 +28,15 @@ export GOFLAGS="${GOFLAGS:--buildvcs=false}" CGO_ENABLED=0
 
 log() { printf '[build-cluster-bins] %s\n' "$*" >&2; }
 
+# One build at a time: a second caller waits for the first and then finds
+# everything cached.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/build.lock"
+if ! flock -n 9; then
+  log "another build is running; waiting for it"
+  flock 9
+fi
+
 build_kubernetes() {
   local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0 c
   for c in "${want[@]}"; do [ -x "$K8S_BIN/$c" ] || missing=1; done
