@@ -5,19 +5,22 @@ contributes nothing, and fill progress is published only when every member
 of the site has reported (a partial sum would be a made-up percentage); until
 then those fields stay absent and the Filled condition is Unknown.
 
-The report a node serves on its metrics port at ``/status`` (JSON)::
+The report a node serves on its metrics port at ``/status`` (JSON; built by
+``cache_node.ops.status_document``; unknown keys are ignored)::
 
     {"node": "alpha-east-cache-0",
-     "store": {"bytes": 1234, "objects": 5},
+     "store": {"bytes": 1234, "objects": 5, ...},
      "requests": {"hit": 10, "peer": 2, "parent": 0, "origin": 1, "error": 0},
-     "fill": [{"name": "ns/contentset", "generation": 3,
-               "objectsDone": 4, "objectsTotal": 9,
-               "bytesDone": 1000, "bytesTotal": 2000}]}
+     "fillPlan": [{"name": "ns/contentset", "generation": 3,
+                   "objectsStored": 4, "bytesStored": 1000,
+                   "objectsTotal": 9, "bytesTotal": 2000}]}
 
-``objectsTotal`` and ``bytesTotal`` count what that node owns of the entry
-(its share of keys times one copy), so summing over the members gives the
-site's planned copies. Unknown keys are ignored; missing numbers count as 0
-only inside a report that is otherwise well-formed.
+``objectsStored``/``bytesStored`` are what the node holds of a fill-plan entry;
+``objectsTotal``/``bytesTotal`` (or ``objectsPending``/``bytesPending``, added
+to what is stored) are what it owns of the entry once it resolved the
+ContentSet's source. Summing over the members gives the site's planned
+copies. An entry without totals has no known progress yet: it keeps the
+site's fill fields absent, never a guessed percentage.
 """
 
 from __future__ import annotations
@@ -101,20 +104,25 @@ def parse_report(doc: Any) -> NodeReport:
     """Validate one node's /status document; raises :class:`ReportError`."""
     if not isinstance(doc, dict):
         raise ReportError("the report must be a JSON object")
-    store = doc.get("store") or {}
-    requests = doc.get("requests") or {}
-    fill = doc.get("fill") or []
+    store = doc.get("store", {})
+    requests = doc.get("requests", {})
+    fill = doc.get("fillPlan", [])
     if not isinstance(store, dict) or not isinstance(requests, dict) or not isinstance(fill, list):
-        raise ReportError("store and requests must be objects, fill a list")
+        raise ReportError("store and requests must be objects, fillPlan a list")
     progress: dict[str, Progress] = {}
     for entry in fill:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ReportError("every fill entry needs a name")
+        objects, size = _int(entry, "objectsStored"), _int(entry, "bytesStored")
+        if "objectsTotal" in entry and "bytesTotal" in entry:
+            objects_total, bytes_total = _int(entry, "objectsTotal"), _int(entry, "bytesTotal")
+        elif "objectsPending" in entry and "bytesPending" in entry:
+            objects_total = objects + _int(entry, "objectsPending")
+            bytes_total = size + _int(entry, "bytesPending")
+        else:
+            continue  # the node has not resolved this entry's source yet
         progress[entry["name"]] = Progress(
-            _int(entry, "objectsDone"),
-            _int(entry, "objectsTotal"),
-            _int(entry, "bytesDone"),
-            _int(entry, "bytesTotal"),
+            min(objects, objects_total), objects_total, min(size, bytes_total), bytes_total
         )
     return NodeReport(
         node=str(doc.get("node", "")),
@@ -131,7 +139,7 @@ class SiteFigures:
 
     nodes_reporting: int
     complete: bool
-    """Every member reported, so fill progress may be published."""
+    """Every member reported totals for every plan entry, so progress may be published."""
     bytes_cached: int = 0
     objects_cached: int = 0
     requests: Mapping[str, int] = field(default_factory=dict)
@@ -151,15 +159,16 @@ def aggregate_site(
     """Sum node reports; per-entry progress only for entries of the current plan."""
     requests = dict.fromkeys(REQUEST_KINDS, 0)
     per_entry = {name: Progress() for name in plan_names}
-    reported_entries: set[str] = set()
+    every_entry_known = True
     for r in reports:
         for k in REQUEST_KINDS:
             requests[k] += r.requests.get(k, 0)
-        for name, prog in r.fill.items():
-            if name in per_entry:
-                per_entry[name] = per_entry[name] + prog
-                reported_entries.add(name)
-    complete = members > 0 and len(reports) >= members
+        for name in plan_names:
+            if name in r.fill:
+                per_entry[name] = per_entry[name] + r.fill[name]
+            else:
+                every_entry_known = False
+    complete = members > 0 and len(reports) >= members and every_entry_known
     return SiteFigures(
         nodes_reporting=len(reports),
         complete=complete,

@@ -87,7 +87,8 @@ class FakeCluster:
         old = self.objects.get(key)
         new = copy.deepcopy(dict(manifest))
         if old is not None:
-            new["status"] = old.get("status", {})
+            if "status" in old:
+                new["status"] = old["status"]
             gen = old["metadata"].get("generation", 1)
             changed = old.get("spec") != new.get("spec")
             new["metadata"]["generation"] = gen + 1 if changed else gen

@@ -1,0 +1,245 @@
+"""The reconcile steps against a counting in-memory cluster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from edgefill_operator.conditions import find
+from edgefill_operator.kube import KubeError
+from edgefill_operator.nodes import NodeAddress
+from edgefill_operator.reconcile import reconcile_contentset, reconcile_site
+from edgefill_operator.report import NodeReport, parse_report
+
+T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
+EXPECTED_CHILDREN = 9
+
+
+class CountingPoller:
+    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
+        self.docs = docs
+        self.calls: list[list[NodeAddress]] = []
+
+    def poll(self, nodes: Any) -> list[NodeReport]:
+        self.calls.append(list(nodes))
+        return [parse_report(self.docs[n.name]) for n in nodes if n.name in self.docs]
+
+
+def _cluster(fake_cluster: Any, edge_example: Any) -> Any:
+    return fake_cluster(
+        [
+            edge_example("EdgeSite", "alpha-east"),
+            edge_example("EdgeSite", "beta-west"),
+            edge_example("ContentSet", "popular-titles"),
+            edge_example("ContentSet", "series-launch"),
+        ]
+    )
+
+
+def _status(cluster: Any, kind: str, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = cluster.get("", kind, "edge", name)["status"]
+    return status
+
+
+def _set_sts_ready(cluster: Any, site: str, ready: int) -> None:
+    sts = cluster.objects[("StatefulSet", "edge", f"{site}-cache")]
+    sts["status"] = {
+        "observedGeneration": sts["metadata"]["generation"],
+        "replicas": 2,
+        "readyReplicas": ready,
+        "updatedReplicas": 2,
+    }
+
+
+def test_site_children_and_status(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    out = reconcile_site(cluster, "edge", "beta-west", T0)
+    assert out.found
+    assert not out.errors
+    assert len(cluster.children("edge")) == EXPECTED_CHILDREN
+    status = _status(cluster, "EdgeSite", "beta-west")
+    assert status["observedGeneration"] == 1
+    assert status["fillPlan"] == ["edge/popular-titles", "edge/series-launch"]
+    ready = find(status["conditions"], "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "NodesNotReady")
+    filled = find(status["conditions"], "Filled")
+    assert filled is not None
+    assert filled["status"] == "Unknown"
+    for key in ("fill", "bytesCached", "traffic", "nodesReporting"):
+        assert key not in status
+
+
+def test_rerun_is_idempotent_and_never_duplicates(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    first = {k: v for k, v in cluster.objects.items() if k[0] not in ("EdgeSite", "ContentSet")}
+    reconcile_site(cluster, "edge", "alpha-east", T0 + timedelta(seconds=30))
+    second = {k: v for k, v in cluster.objects.items() if k[0] not in ("EdgeSite", "ContentSet")}
+    assert first == second
+    assert len(cluster.applies) == 2 * EXPECTED_CHILDREN
+
+
+def test_ready_follows_statefulset_and_time_moves_only_on_flip(
+    fake_cluster: Any, edge_example: Any
+) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    _set_sts_ready(cluster, "alpha-east", 2)
+    out = reconcile_site(cluster, "edge", "alpha-east", T0 + timedelta(seconds=10))
+    ready = find(_status(cluster, "EdgeSite", "alpha-east")["conditions"], "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("True", "AllNodesReady")
+    assert ready["lastTransitionTime"] == "2026-11-22T01:00:10Z"
+    assert [(t.type, t.new) for t in out.transitions] == [
+        ("Ready", "True"),
+        ("Progressing", "False"),
+    ]
+    out = reconcile_site(cluster, "edge", "alpha-east", T0 + timedelta(seconds=20))
+    assert out.transitions == []
+    ready = find(_status(cluster, "EdgeSite", "alpha-east")["conditions"], "Ready")
+    assert ready is not None
+    assert ready["lastTransitionTime"] == "2026-11-22T01:00:10Z"
+
+
+def test_drift_is_repaired(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    del cluster.objects[("ConfigMap", "edge", "alpha-east-config")]
+    cluster.objects[("StatefulSet", "edge", "alpha-east-cache")]["spec"]["replicas"] = 7
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    assert ("ConfigMap", "alpha-east-config") in cluster.children("edge")
+    sts = cluster.objects[("StatefulSet", "edge", "alpha-east-cache")]
+    assert sts["spec"]["replicas"] == 2
+
+
+def test_apply_failure_is_reported_not_raised(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    cluster.fail_apply["StatefulSet"] = KubeError(422, "Invalid", "volumeClaimTemplates: Forbidden")
+    out = reconcile_site(cluster, "edge", "alpha-east", T0)
+    assert out.errors == ["StatefulSet alpha-east-cache: volumeClaimTemplates: Forbidden"]
+    conds = _status(cluster, "EdgeSite", "alpha-east")["conditions"]
+    degraded = find(conds, "Degraded")
+    ready = find(conds, "Ready")
+    assert degraded is not None
+    assert (degraded["status"], degraded["reason"]) == (
+        "True",
+        "ApplyFailed",
+    )
+    assert ready is not None
+    assert ready["reason"] == "ApplyFailed"
+
+
+def test_missing_parent_is_degraded(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = fake_cluster([edge_example("EdgeSite", "beta-west")])
+    reconcile_site(cluster, "edge", "beta-west", T0)
+    degraded = find(_status(cluster, "EdgeSite", "beta-west")["conditions"], "Degraded")
+    assert degraded is not None
+    assert (degraded["status"], degraded["reason"]) == ("True", "PeerSiteNotFound")
+    assert "edge/alpha-east" in degraded["message"]
+
+
+def test_node_reports_fill_status(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    for i in range(2):
+        cluster.put(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"alpha-east-cache-{i}",
+                    "namespace": "edge",
+                    "labels": {
+                        "app.kubernetes.io/name": "edgefill-cache-node",
+                        "edgefill.io/site": "alpha-east",
+                    },
+                },
+                "status": {"podIP": f"127.0.50.{i + 1}"},
+            }
+        )
+    entry = {
+        "name": "edge/popular-titles",
+        "objectsStored": 1,
+        "bytesStored": 10,
+        "objectsTotal": 2,
+        "bytesTotal": 20,
+    }
+    docs = {
+        f"alpha-east-cache-{i}": {
+            "node": f"alpha-east-cache-{i}",
+            "fillPlan": [entry],
+            "store": {"bytes": 10, "objects": 1},
+            "requests": {"hit": 3, "origin": 1},
+        }
+        for i in range(2)
+    }
+    poller = CountingPoller(docs)
+    reconcile_site(cluster, "edge", "alpha-east", T0, poller=poller)
+    (call,) = poller.calls
+    assert [(n.ip, n.port) for n in call] == [("127.0.50.1", 9090), ("127.0.50.2", 9090)]
+    status = _status(cluster, "EdgeSite", "alpha-east")
+    assert status["fill"]["percent"] == "50%"
+    assert status["traffic"]["offloadPercent"] == "75%"
+    filled = find(status["conditions"], "Filled")
+    assert filled is not None
+    assert (filled["status"], filled["reason"]) == ("False", "Filling")
+
+    # A non-polling step keeps the last poll's figures ...
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    assert _status(cluster, "EdgeSite", "alpha-east")["fill"]["percent"] == "50%"
+    # ... and the ContentSet aggregates the site's progress.
+    reconcile_contentset(cluster, "edge", "popular-titles", T0)
+    cs = _status(cluster, "ContentSet", "popular-titles")
+    rows = {r["name"]: r for r in cs["sites"]}
+    assert rows["alpha-east"]["percent"] == "50%"
+    assert "percent" not in rows["beta-west"]  # beta-west has not reported
+    assert "fill" not in cs
+
+    # Nodes going silent removes the figures instead of keeping stale ones.
+    reconcile_site(cluster, "edge", "alpha-east", T0, poller=CountingPoller({}))
+    status = _status(cluster, "EdgeSite", "alpha-east")
+    assert "fill" not in status
+    assert "traffic" not in status
+
+
+def test_contentset_status_and_copies_cap(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    beta = cluster.objects[("EdgeSite", "edge", "beta-west")]
+    beta["spec"]["replicas"] = 1
+    reconcile_contentset(cluster, "edge", "popular-titles", T0)
+    status = _status(cluster, "ContentSet", "popular-titles")
+    assert status["siteCount"] == 2
+    assert status["sites"] == [
+        {"name": "alpha-east", "copies": 2},
+        {"name": "beta-west", "copies": 1},
+    ]
+    conds = status["conditions"]
+    ready, degraded = find(conds, "Ready"), find(conds, "Degraded")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "WaitingForSites")
+    assert degraded is not None
+    assert (degraded["status"], degraded["reason"]) == ("True", "CopiesAboveReplicas")
+    assert "beta-west (1 replicas)" in degraded["message"]
+
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    reconcile_site(cluster, "edge", "beta-west", T0)
+    reconcile_contentset(cluster, "edge", "popular-titles", T0)
+    ready = find(_status(cluster, "ContentSet", "popular-titles")["conditions"], "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("True", "Planned")
+
+
+def test_deleted_contentset_leaves_the_plan(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    reconcile_site(cluster, "edge", "beta-west", T0)
+    del cluster.objects[("ContentSet", "edge", "series-launch")]
+    reconcile_site(cluster, "edge", "beta-west", T0)
+    assert _status(cluster, "EdgeSite", "beta-west")["fillPlan"] == ["edge/popular-titles"]
+
+
+def test_gone_objects_are_a_no_op(fake_cluster: Any) -> None:
+    cluster = fake_cluster([])
+    assert not reconcile_site(cluster, "edge", "nothing", T0).found
+    assert not reconcile_contentset(cluster, "edge", "nothing", T0).found
+    assert cluster.applies == []
+    assert cluster.status_patches == []
