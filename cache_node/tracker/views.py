@@ -1,0 +1,292 @@
+"""aiohttp views of the tracker: unpack the request, call the service, map errors.
+
+Routes (added to the node's client app by :func:`cache_node.tracker.register`):
+
+* ``GET /announce``: BEP 3 announce; with ``Upgrade: websocket`` the WebTorrent
+  WebSocket tracker on the same URL (what ``ws://host/announce`` clients expect).
+* ``GET /scrape``: BEP 48 scrape of named info-hashes.
+* ``GET /manifest/{key}``: the signed piece-hash manifest of an object.
+* ``GET /manifest-keys``: the manifest signing public keys (JWK set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.parse
+import weakref
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from cache_node import objkeys
+from cache_node.tracker import bencode
+from cache_node.tracker.addresses import IPAddress
+from cache_node.tracker.service import HttpAnnounce, RejectedError, TrackerService, WsPeerSession
+from cache_node.tracker.swarms import Event
+
+log = structlog.get_logger("edgefill.tracker")
+
+TRACKER: web.AppKey[TrackerService] = web.AppKey("edgefill_tracker", TrackerService)
+SOCKETS = web.AppKey("edgefill_tracker_sockets", weakref.WeakSet[web.WebSocketResponse])
+
+WS_MAX_MESSAGE = 64 * 1024
+WS_OUTBOX = 256
+MAX_QUERY_FIELDS = 64
+
+
+def _query(request: web.Request) -> list[tuple[str, bytes]]:
+    """The raw query as (name, bytes): info_hash and peer_id are binary, not UTF-8."""
+    try:
+        pairs = urllib.parse.parse_qsl(
+            request.rel_url.raw_query_string,
+            keep_blank_values=True,
+            encoding="latin-1",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except ValueError as exc:
+        raise RejectedError(400, "malformed", f"bad query string: {exc}") from None
+    return [(k, v.encode("latin-1")) for k, v in pairs]
+
+
+def _one(pairs: list[tuple[str, bytes]], name: str) -> bytes | None:
+    values = [v for k, v in pairs if k == name]
+    if len(values) > 1:
+        raise RejectedError(400, "malformed", f"{name} given more than once")
+    return values[0] if values else None
+
+
+def _int(pairs: list[tuple[str, bytes]], name: str, *, required: bool = False) -> int | None:
+    raw = _one(pairs, name)
+    if raw is None or raw == b"":
+        if required:
+            raise RejectedError(400, "malformed", f"{name} is required")
+        return None
+    if not raw.lstrip(b"-").isdigit() or len(raw) > 20:
+        raise RejectedError(400, "malformed", f"{name} must be an integer")
+    return int(raw)
+
+
+def _id(pairs: list[tuple[str, bytes]], name: str) -> bytes:
+    raw = _one(pairs, name)
+    if raw is None or len(raw) != 20:
+        raise RejectedError(400, "malformed", f"{name} must be exactly 20 bytes (URL-encoded)")
+    return raw
+
+
+def _utf8(raw: bytes | None, name: str) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RejectedError(400, "malformed", f"{name} is not UTF-8") from None
+
+
+def _key(raw: str) -> str:
+    try:
+        return objkeys.normalise(raw)
+    except objkeys.KeyRejectedError as exc:
+        raise RejectedError(exc.status, "malformed", exc.reason) from None
+
+
+def _token(
+    service: TrackerService, request: web.Request, pairs: list[tuple[str, bytes]]
+) -> str | None:
+    tokens = service.token_settings
+    from_query = _utf8(_one(pairs, tokens.query_param), tokens.query_param)
+    return from_query or request.headers.get(tokens.header)
+
+
+def _source(service: TrackerService, request: web.Request) -> IPAddress:
+    return service.source(request.remote, request.headers.getall("X-Forwarded-For", []))
+
+
+def parse_announce(
+    service: TrackerService, request: web.Request, pairs: list[tuple[str, bytes]]
+) -> HttpAnnounce:
+    port = _int(pairs, "port", required=True)
+    if port is None or not 1 <= port <= 65535:
+        raise RejectedError(400, "malformed", "port must be 1..65535")
+    counters = {}
+    for name in ("uploaded", "downloaded", "left"):
+        value = _int(pairs, name)
+        if value is not None and value < 0:
+            raise RejectedError(400, "malformed", f"{name} must not be negative")
+        counters[name] = value
+    try:
+        event = Event.parse(_utf8(_one(pairs, "event"), "event"))
+    except ValueError as exc:
+        raise RejectedError(400, "malformed", str(exc)) from None
+    hint = _utf8(_one(pairs, "key"), "key")
+    # BitTorrent clients also use ``key`` for a random session key (BEP 7): only a
+    # value that normalises to an object key is a hint; anything else is ignored.
+    key_hint = None
+    if hint is not None:
+        with contextlib.suppress(RejectedError):
+            key_hint = _key(hint)
+    return HttpAnnounce(
+        info_hash=_id(pairs, "info_hash"),
+        peer_id=_id(pairs, "peer_id"),
+        port=port,
+        uploaded=counters["uploaded"] or 0,
+        downloaded=counters["downloaded"] or 0,
+        left=counters["left"],
+        event=event,
+        numwant=_int(pairs, "numwant"),
+        compact=_one(pairs, "compact") != b"0",
+        no_peer_id=_one(pairs, "no_peer_id") == b"1",
+        key_hint=key_hint,
+        token=_token(service, request, pairs),
+    )
+
+
+def _failure(exc: RejectedError) -> web.Response:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(int(exc.retry_after + 0.999))
+    return web.Response(
+        status=exc.status,
+        body=bencode.encode({"failure reason": exc.message}),
+        content_type="text/plain",
+        headers=headers,
+    )
+
+
+async def announce(request: web.Request) -> web.StreamResponse:
+    service = request.app[TRACKER]
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await websocket(request)
+    try:
+        addr = _source(service, request)
+        pairs = _query(request)
+        ann = parse_announce(service, request, pairs)
+        if ann.key_hint:
+            owner = service.owner_url(ann.key_hint)
+            if owner:
+                raise web.HTTPTemporaryRedirect(
+                    owner.rstrip("/") + "/announce?" + request.rel_url.raw_query_string
+                )
+        body = await service.http_announce(ann, addr)
+    except RejectedError as exc:
+        return _failure(exc)
+    return web.Response(body=body, content_type="text/plain")
+
+
+async def scrape(request: web.Request) -> web.StreamResponse:
+    service = request.app[TRACKER]
+    try:
+        addr = _source(service, request)
+        pairs = _query(request)
+        hashes = [v for k, v in pairs if k == "info_hash"]
+        if any(len(h) != 20 for h in hashes):
+            raise RejectedError(
+                400, "malformed", "info_hash must be exactly 20 bytes (URL-encoded)"
+            )
+        body = await service.http_scrape(hashes, addr, _token(service, request, pairs))
+    except RejectedError as exc:
+        return _failure(exc)
+    return web.Response(body=body, content_type="text/plain")
+
+
+async def manifest(request: web.Request) -> web.StreamResponse:
+    service = request.app[TRACKER]
+    try:
+        addr = _source(service, request)
+        service.admit(addr)
+        pairs = _query(request)
+        raw_path = request.rel_url.raw_path
+        key = _key(raw_path[len("/manifest/") :])
+        doc = await service.manifest(key, _token(service, request, pairs))
+    except RejectedError as exc:
+        return web.json_response(
+            {"error": exc.reason, "message": exc.message},
+            status=exc.status,
+            headers={"Retry-After": str(int(exc.retry_after + 0.999))} if exc.retry_after else None,
+        )
+    # Manifests are immutable per ETag; the signature makes caching them safe.
+    return web.json_response(doc, headers={"Cache-Control": "public, max-age=300"})
+
+
+async def manifest_keys(request: web.Request) -> web.StreamResponse:
+    return web.json_response(
+        request.app[TRACKER].public_keys(), headers={"Cache-Control": "public, max-age=300"}
+    )
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """The WebTorrent tracker socket: one peer, many swarms, JSON text frames."""
+    service = request.app[TRACKER]
+    try:
+        addr = _source(service, request)
+        service.admit(addr)
+        pairs = _query(request)
+        hints: list[str] = []
+        for name, value in pairs:
+            if name == "key" and len(hints) < 16:
+                hints.append(_key(_utf8(value, "key") or ""))
+        token = _token(service, request, pairs)
+    except RejectedError as exc:
+        return _failure(exc)
+
+    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=30.0, compress=False)
+    await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
+    outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=WS_OUTBOX)
+    closing: list[asyncio.Future[bool]] = []
+
+    def enqueue(message: dict[str, Any]) -> None:
+        try:
+            outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            # A peer that cannot keep up is dropped rather than buffered without bound.
+            if not session.closed:
+                session.closed = True
+                closing.append(asyncio.ensure_future(ws.close(code=1013, message=b"too slow")))
+
+    session = WsPeerSession(addr=addr, sender=enqueue, token=token, key_hints=tuple(hints))
+
+    async def writer() -> None:
+        while (message := await outbox.get()) is not None:
+            if ws.closed:
+                return
+            try:
+                await ws.send_str(json.dumps(message))
+            except ConnectionError:
+                return
+
+    writer_task = asyncio.create_task(writer())
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                try:
+                    parsed = json.loads(msg.data)
+                except ValueError:
+                    session.send({"failure reason": "messages must be JSON"})
+                    continue
+                await service.ws_message(session, parsed)
+            elif msg.type is WSMsgType.BINARY:
+                session.send({"failure reason": "binary frames are not part of this protocol"})
+            elif msg.type is WSMsgType.ERROR:
+                break
+    finally:
+        service.ws_closed(session)
+        with contextlib.suppress(asyncio.QueueFull):
+            outbox.put_nowait(None)
+        if not outbox.empty() and outbox.full():
+            writer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(writer_task, timeout=5.0)
+        for fut in closing:
+            with contextlib.suppress(Exception):
+                await fut
+    return ws
+
+
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown, close tracker sockets (1001) so clients re-announce to another node."""
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[SOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=1001, message=b"node shutting down")

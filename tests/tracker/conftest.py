@@ -1,0 +1,123 @@
+"""Fixtures for the tracker tests: a real in-memory piece-hash source, configs, a live node.
+
+``MemoryHashes`` is a real implementation of the ``PieceHashSource`` protocol
+(it hashes the bytes it holds), standing in for the store that another part of
+the cache node provides; it counts lookups so tests can assert the tracker
+does not hit the store for unknown swarms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cache_node.config import NodeConfig
+from cache_node.tracker import TRACKER, TrackerService, register
+from cache_node.tracker.manifest import PieceInfo
+
+PIECE = 16 * 1024
+
+
+class MemoryHashes:
+    def __init__(self, objects: dict[str, bytes], piece_size: int = PIECE) -> None:
+        self.objects = objects
+        self.piece_size = piece_size
+        self.lookups = 0
+
+    async def piece_info(self, key: str) -> PieceInfo | None:
+        self.lookups += 1
+        data = self.objects.get(key)
+        if data is None:
+            return None
+        pieces = tuple(
+            hashlib.sha256(data[i : i + self.piece_size]).digest()
+            for i in range(0, len(data), self.piece_size)
+        )
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'
+        return PieceInfo(size=len(data), piece_size=self.piece_size, sha256=pieces, etag=etag)
+
+
+def object_bytes(key: str, size: int) -> bytes:
+    seed = hashlib.sha256(key.encode()).digest()
+    return (seed * (size // 32 + 1))[:size]
+
+
+def make_config(
+    *,
+    tracker: dict[str, Any] | None = None,
+    client_networks: list[str] | None = None,
+    tokens: dict[str, Any] | None = None,
+    members: list[dict[str, str]] | None = None,
+) -> NodeConfig:
+    return NodeConfig.model_validate(
+        {
+            "site": {"namespace": "isp-a", "name": "metro-1"},
+            "store": {"maxBytes": 1 << 30},
+            "origin": {"bucket": "media"},
+            "tokens": tokens or {"enabled": False},
+            "tracker": tracker or {},
+            "clientNetworks": client_networks or [],
+            "peering": {"members": members or []},
+        }
+    )
+
+
+@pytest.fixture
+def signing_key_file(tmp_path: Path) -> Path:
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "manifest.key"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+@dataclass
+class LiveTracker:
+    url: str
+    port: int
+    service: TrackerService
+    hashes: MemoryHashes
+
+
+TrackerFactory = Callable[..., "AsyncIterator[LiveTracker]"]
+
+
+@pytest.fixture
+async def live_tracker(signing_key_file: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start a node app with the tracker on 127.0.0.1 (ephemeral port); stop it after."""
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        objects: dict[str, bytes], host: str = "127.0.0.1", **config_args: Any
+    ) -> LiveTracker:
+        tracker_cfg = dict(config_args.pop("tracker", {}) or {})
+        tracker_cfg.setdefault("manifestKeyFile", str(signing_key_file))
+        config = make_config(tracker=tracker_cfg, **config_args)
+        hashes = MemoryHashes(objects)
+        app = web.Application()
+        register(app, config, hashes=hashes, node_name="node-0", web_seed_url="http://127.0.0.1/")
+        runner = web.AppRunner(app, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        bracket = f"[{host}]" if ":" in host else host
+        return LiveTracker(f"http://{bracket}:{port}", port, app[TRACKER], hashes)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
