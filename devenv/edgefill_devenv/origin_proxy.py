@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+CHUNK = 16 * 1024
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -56,6 +57,7 @@ class OriginProxy:
     range_gets: collections.Counter[str] = field(default_factory=collections.Counter)
     _cuts: dict[str, _Cut] = field(default_factory=dict)
     _stalls: dict[str, float] = field(default_factory=dict)
+    pace_seconds: float = 0.0  # pause after every body chunk (slow origin)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
 
@@ -81,6 +83,7 @@ class OriginProxy:
         self.range_gets.clear()
         self._cuts.clear()
         self._stalls.clear()
+        self.pace_seconds = 0.0
 
     def _key_of(self, path: str) -> str | None:
         prefix = f"/{self.bucket}/"
@@ -112,20 +115,38 @@ class OriginProxy:
             stall = self._stalls.get(key) if key is not None else None
             if stall:
                 await asyncio.sleep(stall)
-            sent = 0
-            async for chunk in upstream.content.iter_chunked(64 * 1024):
-                if cut is not None and sent + len(chunk) >= cut.after_bytes:
-                    await resp.write(chunk[: cut.after_bytes - sent])
-                    cut.times -= 1
-                    if cut.times <= 0 and key is not None:
-                        self._cuts.pop(key, None)
-                    if request.transport is not None:
-                        request.transport.abort()
-                    return resp
-                await resp.write(chunk)
-                sent += len(chunk)
-            await resp.write_eof()
+            try:
+                finished = await self._relay(request, resp, upstream, key, cut)
+            except ConnectionResetError:  # the client (a killed node) went away
+                return resp
+            if finished:
+                await resp.write_eof()
             return resp
+
+    async def _relay(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        key: str | None,
+        cut: _Cut | None,
+    ) -> bool:
+        """Stream the body; False when a cut was injected (connection aborted)."""
+        sent = 0
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            if cut is not None and sent + len(chunk) >= cut.after_bytes:
+                await resp.write(chunk[: cut.after_bytes - sent])
+                cut.times -= 1
+                if cut.times <= 0 and key is not None:
+                    self._cuts.pop(key, None)
+                if request.transport is not None:
+                    request.transport.abort()
+                return False
+            await resp.write(chunk)
+            sent += len(chunk)
+            if self.pace_seconds:
+                await asyncio.sleep(self.pace_seconds)
+        return True
 
     async def start(self) -> OriginProxy:
         self._session = aiohttp.ClientSession(auto_decompress=False)
