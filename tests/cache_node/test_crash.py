@@ -10,6 +10,7 @@ refetched; a client never receives a short or wrong body.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -68,6 +69,10 @@ async def _wait_ready(
     raise AssertionError("node never became ready")
 
 
+def _all_requested(proxy: OriginProxy, keys: list[str]) -> bool:
+    return all(proxy.object_gets(k) > 0 for k in keys)
+
+
 async def _fetch(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes] | None:
     try:
         async with session.get(url) as resp:
@@ -114,10 +119,7 @@ async def test_sigkill_during_fills_never_serves_partial(
                     tasks = [
                         asyncio.create_task(_fetch(session, f"{base}/{k}")) for k in round_keys
                     ]
-                    await until(
-                        lambda rk=round_keys: all(proxy.object_gets(k) > 0 for k in rk),
-                        "fills started",
-                    )
+                    await until(functools.partial(_all_requested, proxy, round_keys), "fills")
                     await asyncio.sleep(0.1 * (round_ % 3))  # vary how far the fills got
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(timeout=30)

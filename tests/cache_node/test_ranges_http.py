@@ -187,10 +187,12 @@ async def test_range_and_conditional_table(
             lm = datetime.fromtimestamp(int(entry.meta.info.last_modified), UTC)
             table = cases(len(bucket.objects[KEY]), entry.meta.info.etag, lm)
             assert len(table) >= 40
+            loader = node.apps.node.loader
+            assert loader is not None
             failures = []
             for case in table:
                 if path == "miss":
-                    await until(lambda: node.apps.node.loader.in_progress() == 0, "fills done")
+                    await until(lambda: loader.in_progress() == 0, "fills done")
                     node.store.remove(case.key)
                 problem = await _check(s, node, bucket, case, path)
                 if problem:
