@@ -7,11 +7,12 @@ library's ``operator``.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ class FakeCluster:
                 merged[k] = v
         obj["status"] = merged
 
-    def children(self, namespace: str) -> list[tuple[str, str]]:
+    def children(self, namespace: str) -> builtins.list[tuple[str, str]]:
         return sorted(
             (k, n)
             for (k, ns, n) in self.objects
@@ -149,3 +150,129 @@ def node_schema() -> Obj:
 @pytest.fixture
 def edge_example() -> Any:
     return example
+
+
+# --- integration tier: the real API server --------------------------------------------------
+
+CRD_NAMES = ("edgesites.edgefill.io", "contentsets.edgefill.io")
+
+
+def kube_json(cluster: Any, *args: str) -> Any:
+    out = cluster.kubectl(*args, "-o", "json")
+    return json.loads(out.stdout)
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0, interval: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy; bounded, never sleeps past ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last={last!r}")
+
+
+@pytest.fixture(scope="session")
+def crds(k8s_cluster: Any) -> Any:
+    """The CRDs and the admission policy from crds/, installed with server-side apply."""
+    k8s_cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=edgefill-tests",
+        "-f",
+        str(CRDS),
+    )
+    for name in CRD_NAMES:
+        k8s_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return k8s_cluster
+
+
+@pytest.fixture
+def namespace(crds: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    import re
+    import uuid
+
+    base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    ns = f"{base}-{uuid.uuid4().hex[:6]}"
+    crds.kubectl("create", "namespace", ns)
+    yield ns
+    crds.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture
+def wait() -> Any:
+    return wait_for
+
+
+@pytest.fixture
+def kget() -> Any:
+    return kube_json
+
+
+class OperatorProcess:
+    """``python -m edgefill_operator`` as a real child process, watching one namespace."""
+
+    def __init__(self, cluster: Any, namespace: str, log_path: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.metrics_port = 0
+
+    def start(self) -> None:
+        from edgefill_devenv.s3 import free_port
+
+        self.metrics_port = free_port()
+        liveness = free_port()
+        env = {
+            **self.cluster.env(),
+            "EDGEFILL_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            "EDGEFILL_OPERATOR_METRICS_ADDR": "127.0.0.1",
+            "EDGEFILL_OPERATOR_LIVENESS": f"http://127.0.0.1:{liveness}/healthz",
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgefill_operator",
+                f"--namespace={self.namespace}",
+                "--standalone",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.starts += 1
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as when a node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture
+def operator(namespace: str, crds: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(crds, namespace, tmp_path / "operator.log")
+    op.start()
+    yield op
+    op.stop()
