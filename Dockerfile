@@ -58,7 +58,7 @@ ENTRYPOINT ["moto_server", "-H", "0.0.0.0", "-p", "9000"]
 # The operator: kopf reconciling EdgeSites and ContentSets. The chart passes
 # its arguments (namespaces, peering, liveness endpoint).
 FROM runtime AS operator
-EXPOSE 8080 9091
+EXPOSE 8080 9100
 ENTRYPOINT ["edgefill-operator"]
 
 # A cache node: client port 8080, peer port 8081, metrics/health 9090. The

@@ -93,7 +93,7 @@ def test_default_deployment_is_restricted_and_deliberate(defaults: list[Manifest
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 9091}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 9100}
     assert c["resources"]["requests"] == {"cpu": "50m", "memory": "128Mi"}
     assert c["resources"]["limits"] == {"memory": "256Mi"}
     kinds = {d["kind"] for d in defaults}
@@ -146,11 +146,10 @@ def test_watch_namespaces_bind_per_namespace(all_on: list[Manifest]) -> None:
     assert {b["roleRef"]["kind"] for b in bindings} == {"ClusterRole"}
     assert {b["metadata"]["name"] for b in by_kind(all_on, "ClusterRoleBinding")} == {OPERATOR}
     rules = _rules(all_on)
-    assert rules[("kopf.dev", "kopfpeerings")] == {"get", "list", "watch", "patch"}
-    assert ("kopf.dev", "clusterkopfpeerings") not in rules
-    peerings = by_kind(all_on, "KopfPeering")
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["isp-alpha", "isp-beta"]
-    assert {p["metadata"]["name"] for p in peerings} == {"edgefill-peering"}
+    assert rules[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
+    # The operator's settings fix one cluster-wide peering object, whatever it watches.
+    assert by_kind(all_on, "KopfPeering") == []
+    assert one(all_on, "ClusterKopfPeering")["metadata"]["name"] == OPERATOR
 
 
 def test_all_on_renders_every_option(all_on: list[Manifest]) -> None:
@@ -161,7 +160,10 @@ def test_all_on_renders_every_option(all_on: list[Manifest]) -> None:
         "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     )
     assert c["args"][:2] == ["--namespace=isp-alpha", "--namespace=isp-beta"]
-    assert "--peering=edgefill-peering" in c["args"]
+    assert "--peering=edgefill-operator" in c["args"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["EDGEFILL_OPERATOR_PRIORITY"] == "200"
+    assert env["EDGEFILL_OPERATOR_METRICS_PORT"] == "9100"
     assert "--priority=200" in c["args"]
     assert "--standalone" not in c["args"]
     assert "--verbose" in c["args"]

@@ -76,8 +76,9 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{/* The operator's settings fix the peering name (edgefill_operator.settings). */}}
 {{- define "edgefill.peeringName" -}}
-{{- default (include "edgefill.fullname" .) .Values.operator.peering.name -}}
+edgefill-operator
 {{- end -}}
 
 {{/*
