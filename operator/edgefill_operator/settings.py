@@ -30,7 +30,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from edgefill_operator import names
+from edgefill_operator import logs, names
 
 METRICS_PORT_ENV = "EDGEFILL_OPERATOR_METRICS_PORT"
 PRIORITY_ENV = "EDGEFILL_OPERATOR_PRIORITY"
@@ -88,5 +88,6 @@ def start_metrics_server() -> int | None:
 
 @kopf.on.startup()
 def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    logs.configure()  # replaces the handler `kopf run` installed: one JSON stream
     configure(settings)
     start_metrics_server()

@@ -117,3 +117,16 @@ def test_admission_policy_targets_contentsets_with_edgesite_params() -> None:
     assert policy["spec"]["paramKind"] == {"apiVersion": "edgefill.io/v1alpha1", "kind": "EdgeSite"}
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
+
+
+def test_api_reference_is_generated_from_the_crds() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefill_devenv.crd_docs", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
