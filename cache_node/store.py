@@ -389,6 +389,9 @@ class Store:
     def keys(self) -> Iterator[str]:
         return iter(list(self._index))
 
+    def __iter__(self) -> Iterator[str]:
+        return self.keys()
+
     def entries(self) -> list[Entry]:
         return list(self._index.values())
 

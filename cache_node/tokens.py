@@ -67,7 +67,8 @@ def sign(claims: Claims, secret: bytes) -> str:
     if claims.not_before is not None:
         parts.append(f"nbf={claims.not_before}")
     parts.append(f"exp={claims.expires}")
-    parts.append("acl=" + urllib.parse.quote(claims.scope, safe=""))
+    # quote() leaves "~" alone (it is unreserved), but here it is our delimiter.
+    parts.append("acl=" + urllib.parse.quote(claims.scope, safe="").replace("~", "%7E"))
     body = "~".join(parts)
     mac = hmac.new(secret, body.encode("ascii"), hashlib.sha256).hexdigest()
     return f"{body}~hmac={mac}"

@@ -1,0 +1,145 @@
+"""The store on a real directory: commits, recovery, verification, budget and eviction."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from cache_node.store import IncompleteBodyError, ObjectInfo, Store, key_digest
+
+PIECE = 16 * 1024
+
+
+def _info(key: str, size: int) -> ObjectInfo:
+    return ObjectInfo(key=key, size=size, etag=f'"{key}"', last_modified=1_700_000_000.0)
+
+
+def _data(key: str, size: int) -> bytes:
+    seed = hashlib.sha256(key.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+async def _put(store: Store, key: str, size: int, *, pinned: bool = False) -> bytes:
+    data = _data(key, size)
+    writer = store.begin(_info(key, size))
+    for i in range(0, size, 5000):
+        writer.write(data[i : i + 5000])
+    await writer.commit(pinned=pinned, content_set="ns/set" if pinned else None)
+    return data
+
+
+def _store(root: Path, max_bytes: int = 10 * 1024 * 1024, policy: str = "lru") -> Store:
+    store = Store(root, max_bytes=max_bytes, piece_size=PIECE, policy=policy)  # type: ignore[arg-type]
+    store.recover(60)
+    return store
+
+
+async def test_commit_records_piece_hashes_and_survives_a_clean_restart(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    data = await _put(store, "vod/a", 40_000)
+    piece_size, hashes = store.piece_hashes("vod/a") or (0, ())
+    assert piece_size == PIECE
+    assert list(hashes) == [
+        hashlib.sha256(data[i : i + PIECE]).hexdigest() for i in range(0, len(data), PIECE)
+    ]
+    store.close()
+    again = Store(tmp_path, max_bytes=10 * 1024 * 1024, piece_size=PIECE)
+    assert again.recover(60) == []  # clean: nothing to verify
+    entry = again.get("vod/a")
+    assert entry is not None
+    assert entry.verified
+    assert entry.data_path.read_bytes() == data
+
+
+async def test_unclean_restart_verifies_and_drops_corrupt_objects(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await _put(store, "vod/good", 30_000)
+    await _put(store, "vod/bad", 30_000)
+    # No close(): a crash. Flip one byte of a committed object behind the store's back.
+    bad = store.peek("vod/bad")
+    assert bad is not None
+    raw = bytearray(bad.data_path.read_bytes())
+    raw[20_000] ^= 0xFF
+    bad.data_path.write_bytes(bytes(raw))
+    again = Store(tmp_path, max_bytes=10 * 1024 * 1024, piece_size=PIECE)
+    unverified = again.recover(60)
+    assert {e.key for e in unverified} == {"vod/good", "vod/bad"}
+    good_entry = again.get("vod/good")
+    bad_entry = again.get("vod/bad")
+    assert good_entry is not None
+    assert bad_entry is not None
+    assert await again.verify(good_entry)
+    assert not await again.verify(bad_entry)
+    assert "vod/bad" not in again
+    assert not bad_entry.data_path.exists()
+    assert again.stats.corrupt_objects == 1
+
+
+async def test_recovery_discards_everything_not_committed(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await _put(store, "vod/kept", 20_000)
+    await _put(store, "vod/short", 20_000)
+    objects = tmp_path / "objects"
+    short = store.peek("vod/short")
+    assert short is not None
+    with short.data_path.open("r+b") as fh:
+        fh.truncate(10_000)  # data shorter than its meta says
+    (objects / "ab").mkdir(exist_ok=True)
+    (objects / "ab" / ("ab" + "0" * 62 + ".data")).write_bytes(b"orphan")
+    (objects / "cd").mkdir(exist_ok=True)
+    (objects / "cd" / ("cd" + "0" * 62 + ".meta")).write_bytes(b"{not json")
+    (tmp_path / "tmp" / "x.part").write_bytes(b"half a fill")
+    again = Store(tmp_path, max_bytes=10 * 1024 * 1024, piece_size=PIECE)
+    again.recover(60)
+    assert list(again.keys()) == ["vod/kept"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not (objects / "ab" / ("ab" + "0" * 62 + ".data")).exists()
+    assert again.stats.discarded_files >= 4
+
+
+async def test_a_fill_that_is_not_complete_never_commits(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    writer = store.begin(_info("vod/x", 10_000))
+    writer.write(b"a" * 4000)
+    with pytest.raises(IncompleteBodyError):
+        await writer.commit()
+    with pytest.raises(IncompleteBodyError):
+        writer.write(b"b" * 7000)
+    writer.abort()
+    assert "vod/x" not in store
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert store.stats.reserved_bytes == 0
+    assert not (
+        tmp_path / "objects" / key_digest("vod/x")[:2] / f"{key_digest('vod/x')}.meta"
+    ).exists()
+
+
+@pytest.mark.parametrize("policy", ["lru", "sieve", "s3fifo"])
+async def test_budget_evicts_dynamic_before_pinned(tmp_path: Path, policy: str) -> None:
+    store = _store(tmp_path, max_bytes=100_000, policy=policy)
+    await _put(store, "pinned/1", 30_000, pinned=True)
+    await _put(store, "pinned/2", 30_000, pinned=True)
+    await _put(store, "dyn/1", 30_000)
+    await _put(store, "dyn/2", 30_000)  # over budget: a dynamic object must go
+    assert store.stats.bytes <= 100_000
+    assert "pinned/1" in store
+    assert "pinned/2" in store
+    assert store.stats.evictions == {"dynamic": 1, "pinned": 0}
+    await _put(store, "dyn/3", 60_000)  # no dynamic left to give: pinned goes last
+    assert store.stats.bytes <= 100_000
+    assert "dyn/3" in store
+    assert store.stats.evictions["pinned"] >= 1
+    assert store.by_content_set()["ns/set"][0] == sum(1 for k in store if k.startswith("pinned"))
+
+
+async def test_replacing_an_object_keeps_accounting_exact(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await _put(store, "vod/a", 10_000)
+    await _put(store, "vod/a", 20_000)
+    assert store.stats.objects == 1
+    assert store.stats.bytes == 20_000
+    assert store.remove("vod/a")
+    assert store.stats.bytes == 0
+    assert list((tmp_path / "objects").rglob("*.data")) == []
