@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -164,6 +166,19 @@ def test_examples_become_exactly_the_expected_children(
     for column in ("READY", "REPLICAS", "FILL", "AGE", "SITES", "COPIES"):
         assert column in table
     assert "edgefill" in cluster.kubectl("get", "edgefill", "-n", namespace).stdout
+
+    # `edgefill status` reads the same objects.
+    cli = subprocess.run(
+        [sys.executable, "-m", "edgefill_operator.cli", "status", "-n", namespace],
+        capture_output=True,
+        text=True,
+        env={**cluster.env(), "COLUMNS": "200"},
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    for name in ("alpha-east", "beta-west", "popular-titles", "series-launch"):
+        assert name in cli.stdout
+    assert "True (AllNodesReady)" in cli.stdout
 
     # Events on transitions.
     events = json.loads(
