@@ -85,7 +85,26 @@ class Helm:
     def render(self, **kwargs: Any) -> list[Manifest]:
         proc = self.template(**kwargs)
         assert proc.returncode == 0, proc.stderr
-        return [d for d in yaml.safe_load_all(proc.stdout) if d]
+        return [d for d in yaml.load_all(proc.stdout, Loader=StrictLoader) if d]
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate mapping keys.
+
+    PyYAML keeps the last of two equal keys silently; the API server's strict
+    field validation rejects them, so the tests must see them.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise DuplicateKeyError(None, None, f"duplicate keys {dupes}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def by_kind(docs: Sequence[Manifest], kind: str) -> list[Manifest]:

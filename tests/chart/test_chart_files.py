@@ -22,6 +22,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from cache_node.metrics import Metrics
 from cache_node.store import Store
 
+from .support import DuplicateKeyError, StrictLoader
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "edgefill"
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
@@ -212,3 +214,12 @@ def test_dashboard_covers_what_operators_watch() -> None:
     assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "site"]
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_strict_loader_refuses_duplicate_keys() -> None:
+    """The loader the helm tests parse renders with: a duplicated label must not slip by."""
+    assert list(yaml.load_all("a: {b: 1, c: [x, {d: 2}]}", Loader=StrictLoader)) == [
+        {"a": {"b": 1, "c": ["x", {"d": 2}]}}
+    ]
+    with pytest.raises(DuplicateKeyError, match="duplicate keys"):
+        list(yaml.load_all("labels: {app: x, app: y}", Loader=StrictLoader))

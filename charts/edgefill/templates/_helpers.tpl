@@ -32,16 +32,21 @@ nodes admit the operator to their metrics port by exactly that label
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Labels on every object the chart renders. */}}
-{{- define "edgefill.labels" -}}
+{{/* Labels on every object the chart renders, except the instance label. */}}
+{{- define "edgefill.baseLabels" -}}
 helm.sh/chart: {{ include "edgefill.chart" . }}
 app.kubernetes.io/part-of: edgefill
-app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* Labels on every object the chart renders. */}}
+{{- define "edgefill.labels" -}}
+{{ include "edgefill.baseLabels" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* Selector of the operator's pods: immutable on the Deployment, never change it. */}}
@@ -51,7 +56,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "edgefill.operatorLabels" -}}
-{{ include "edgefill.labels" . }}
+{{ include "edgefill.baseLabels" . }}
 {{ include "edgefill.operatorSelectorLabels" . }}
 app.kubernetes.io/component: operator
 {{- end -}}
