@@ -64,6 +64,8 @@ class Outcome:
     found: bool
     transitions: list[Transition] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    obj: Mapping[str, Any] | None = None
+    """The object as read, so Events can name it even when kopf gave no body."""
 
 
 def _status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,7 +278,7 @@ def _reconcile_site(
     api.patch_status(
         names.API_VERSION, "EdgeSite", namespace, name, _status_patch(old_status, status)
     )
-    return Outcome(found=True, transitions=transitions, errors=errors)
+    return Outcome(found=True, transitions=transitions, errors=errors, obj=site)
 
 
 def reconcile_contentset(api: ClusterApi, namespace: str, name: str, now: datetime) -> Outcome:
@@ -364,7 +366,7 @@ def reconcile_contentset(api: ClusterApi, namespace: str, name: str, now: dateti
     api.patch_status(
         names.API_VERSION, "ContentSet", namespace, name, _status_patch(old_status, status)
     )
-    return Outcome(found=True, transitions=transitions)
+    return Outcome(found=True, transitions=transitions, obj=cs)
 
 
 def sites_in(api: ClusterApi, namespace: str) -> list[str]:

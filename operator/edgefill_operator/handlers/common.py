@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
+from typing import cast
 
 import kopf
 import structlog
@@ -78,14 +79,28 @@ def run_step(
         )
         # An Event per flip, and for a condition's first appearance only when it is good
         # news (a freshly created site being not ready yet is no warning).
-        if body is not None and (t.old is not None or t.new == "True"):
+        target = body if body is not None else _event_target(outcome)
+        if target is not None and (t.old is not None or t.new == "True"):
             event_type = "Warning" if _is_bad(t.type, t.new) else "Normal"
             kopf.event(
-                body,
+                target,
                 type=event_type,
                 reason=t.reason,
                 message=f"{t.type} is {t.new}: {t.message}",
             )
+
+
+def _event_target(outcome: Outcome) -> kopf.Body | None:
+    """The reconciled object as an Event target when the trigger was another object."""
+    if outcome.obj is None:
+        return None
+    meta = outcome.obj["metadata"]
+    ref = {
+        "apiVersion": outcome.obj.get("apiVersion"),
+        "kind": outcome.obj.get("kind"),
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
+    }
+    return cast(kopf.Body, ref)  # kopf.event only reads apiVersion, kind and metadata
 
 
 def _is_bad(condition: str, status: str) -> bool:
