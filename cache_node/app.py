@@ -76,6 +76,7 @@ def _resources(
                 total_deadline=cfg.origin.total_deadline_seconds,
             ),
             on_origin_request=node.metrics.origin_request,
+            on_fill_done=node.metrics.fill_done,
         )
         background = [
             asyncio.create_task(_recover(node, store), name="store-recovery"),

@@ -129,6 +129,7 @@ class Loader:
         retry: RetryPolicy,
         *,
         on_origin_request: Callable[[str, float], None] | None = None,
+        on_fill_done: Callable[[str, int], None] | None = None,
     ) -> None:
         self.store = store
         self.upstreams = list(upstreams)
@@ -136,6 +137,7 @@ class Loader:
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_origin_request = on_origin_request
+        self._on_fill_done = on_fill_done
         self.fills_started = 0
 
     async def lookup(self, key: str) -> Entry | Fill:
@@ -182,6 +184,13 @@ class Loader:
         finally:
             if fill.error is not None and fill.writer is not None:
                 fill.writer.abort()
+            if self._on_fill_done is not None:
+                if fill.entry is not None:
+                    self._on_fill_done("committed", fill.entry.size)
+                elif fill.error is not None and fill.error.not_found:
+                    self._on_fill_done("not_found", 0)
+                else:
+                    self._on_fill_done("failed", 0)
             fill.done = True
             self._fills.pop(fill.key, None)
             fill._notify()

@@ -118,6 +118,10 @@ class Metrics:
     def watch_store(self, store: Store, fills_in_progress: Callable[[], int]) -> None:
         self.registry.register(_StoreCollector(store, fills_in_progress))
 
+    def fill_done(self, outcome: str, size: int) -> None:
+        self.fills.labels(outcome).inc()
+        self.fill_bytes.inc(size)
+
     def origin_request(self, key: str, seconds: float) -> None:
         self.origin_requests.inc()
         self.origin_latency.observe(seconds)

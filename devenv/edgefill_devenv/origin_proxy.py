@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -43,6 +44,7 @@ HOP_BY_HOP = frozenset(
 class _Cut:
     after_bytes: int
     times: int
+    then: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -71,9 +73,19 @@ class OriginProxy:
     def total_gets(self) -> int:
         return sum(self.gets.values())
 
-    def cut_body(self, key: str, after_bytes: int, times: int = 1) -> None:
-        """Close the connection after ``after_bytes`` body bytes for the next ``times`` GETs."""
-        self._cuts[key] = _Cut(after_bytes, times)
+    def cut_body(
+        self,
+        key: str,
+        after_bytes: int,
+        times: int = 1,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Close the connection after ``after_bytes`` body bytes for the next ``times`` GETs.
+
+        ``then`` runs after each cut, before the client can retry (e.g. replace the
+        object at the origin so that the resume meets a changed ETag).
+        """
+        self._cuts[key] = _Cut(after_bytes, times, then)
 
     def stall(self, key: str, seconds: float) -> None:
         self._stalls[key] = seconds
@@ -139,6 +151,8 @@ class OriginProxy:
                 cut.times -= 1
                 if cut.times <= 0 and key is not None:
                     self._cuts.pop(key, None)
+                if cut.then is not None:
+                    await cut.then()
                 if request.transport is not None:
                     request.transport.abort()
                 return False

@@ -128,3 +128,70 @@ async def test_origin_failing_after_headers_aborts_the_client(
         assert status == 200
         assert body == bucket.objects[key]
         assert proxy.object_gets(key) == 1
+
+
+async def test_object_changed_at_the_origin_mid_fill_restarts_from_zero(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    key = "vod/medium.bin"
+    new = b"new version " * 10_000
+
+    async def replace() -> None:
+        await asyncio.to_thread(bucket.put, key, new)
+
+    proxy.cut_body(key, after_bytes=40 * KiB, times=1, then=replace)
+    async with (
+        live_node(config_for(proxy.endpoint_url, bucket.name)) as node,
+        aiohttp.ClientSession() as s,
+    ):
+        # The first client was sent the old version's headers: it must be aborted.
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await _get(s, f"{node.client_url}/{key}")
+        await until(lambda: key in node.store, "the new version committed")
+        status, headers, body = await _get(s, f"{node.client_url}/{key}")
+        assert status == 200
+        assert body == new
+        assert headers["ETag"] == '"' + hashlib.md5(new).hexdigest() + '"'
+    # cut, resume with If-Match (412), whole again
+    assert proxy.object_gets(key) == 3
+    assert proxy.range_gets[key] == 1
+
+
+async def test_head_on_a_miss_and_metrics_and_status(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    key = "vod/title/seg-2.m4s"
+    size = len(bucket.objects[key])
+    async with (
+        live_node(config_for(proxy.endpoint_url, bucket.name)) as node,
+        aiohttp.ClientSession() as s,
+    ):
+        async with s.head(f"{node.client_url}/{key}") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Length"] == str(size)
+            assert await resp.read() == b""
+        await until(lambda: key in node.store, "the fill committed")
+        status, _, body = await _get(s, f"{node.client_url}/{key}")
+        assert (status, body) == (200, bucket.objects[key])
+        await _get(s, f"{node.client_url}/vod/missing")
+        async with s.get(f"{node.metrics_url}/metrics") as resp:
+            text = await resp.text()
+        async with s.get(f"{node.metrics_url}/status") as resp:
+            doc = await resp.json()
+        async with s.get(f"{node.metrics_url}/readyz") as resp:
+            assert resp.status == 200
+        async with s.get(f"{node.metrics_url}/healthz") as resp:
+            assert resp.status == 200
+    assert 'edgefill_requests_total{result="hit"} 1.0' in text
+    assert 'edgefill_requests_total{result="origin"} 1.0' in text
+    assert f'edgefill_served_bytes_total{{source="hit"}} {float(size)}' in text
+    assert 'edgefill_fills_total{outcome="committed"} 1.0' in text
+    assert 'edgefill_fills_total{outcome="not_found"} 1.0' in text
+    assert "edgefill_origin_request_duration_seconds_count 2.0" in text
+    assert f'edgefill_store_bytes{{class="dynamic"}} {float(size)}' in text
+    assert doc["store"]["objects"] == 1
+    assert doc["store"]["bytes"] == size
+    assert doc["requests"]["hit"] == 1
+    assert doc["requests"]["origin"] == 1
+    assert doc["ready"] is True
+    assert proxy.object_gets(key) == 1
