@@ -1,5 +1,6 @@
 """``edgefill``: the command line for people who run EdgeFill.
 
+``edgefill manifest`` lists S3 prefixes and publishes a ContentSet manifest.
 ``edgefill status`` shows every EdgeSite and ContentSet with their Ready
 condition and fill progress bars, read from the cluster (kubeconfig like
 kubectl, or in-cluster). Fill numbers are what the nodes reported through the
@@ -134,6 +135,38 @@ def _status(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _manifest(args: argparse.Namespace, console: Console) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from edgefill_operator import manifest
+
+    fmt: manifest.Format = "csv" if args.key.endswith(".csv") else "jsonl"
+    popularity: list[str] = []
+    if args.popularity:
+        popularity = [
+            line.strip() for line in Path(args.popularity).read_text().splitlines() if line.strip()
+        ]
+    s3 = {"endpoint_url": args.endpoint_url, "region": args.region}
+    try:
+        listing = asyncio.run(manifest.list_prefixes(args.bucket, args.prefix, **s3))
+        if not listing:
+            console.print(f"[red]error:[/red] no objects under {', '.join(args.prefix)}")
+            return 1
+        body = manifest.build(listing, popularity, fmt)
+        asyncio.run(manifest.publish(args.bucket, args.key, body, **s3))
+    except (BotoCoreError, ClientError) as exc:
+        console.print(f"[red]error:[/red] S3 refused: {exc}")
+        return 1
+    console.print(
+        f"published s3://{args.bucket}/{args.key}: {len(listing)} objects, "
+        f"{human_bytes(sum(size for _, size in listing))}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgefill", description="EdgeFill: Kubernetes-native edge cache with peer assist."
@@ -145,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     scope = status.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    man = sub.add_parser(
+        "manifest",
+        help="list S3 prefixes and publish a ContentSet manifest (key, size, rank) to the bucket",
+    )
+    man.add_argument("--bucket", required=True, help="bucket holding the objects")
+    man.add_argument(
+        "--prefix", action="append", required=True, help="key prefix to list (repeatable)"
+    )
+    man.add_argument("--key", required=True, help="manifest object key (.jsonl or .csv)")
+    man.add_argument("--popularity", help="file with one key per line, most popular first")
+    man.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS)")
+    man.add_argument("--region", default="us-east-1", help="S3 region (default: us-east-1)")
     return parser
 
 
@@ -153,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if args.command == "status":
         return _status(args, console)
+    if args.command == "manifest":
+        if not args.key.endswith((".jsonl", ".json", ".csv")):
+            console.print("[red]error:[/red] --key must end in .jsonl, .json or .csv")
+            return 2
+        return _manifest(args, console)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -84,3 +84,70 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path: Any) -> None:
     )
     assert out.returncode == 1
     assert "error: cannot reach the cluster" in out.stdout
+
+
+def test_manifest_build_orders_ranked_keys_first() -> None:
+    from edgefill_operator.manifest import build
+
+    listing = [("b", 2), ("a", 1), ("c", 3)]
+    assert build(listing, ["c", "a", "c"]).decode().splitlines() == [
+        '{"key":"c","size":3,"rank":1}',
+        '{"key":"a","size":1,"rank":2}',
+        '{"key":"b","size":2}',
+    ]
+    assert build(listing, ["b"], "csv").decode().splitlines() == [
+        "key,size,rank",
+        "b,2,1",
+        "a,1,",
+        "c,3,",
+    ]
+
+
+@pytest.mark.integration
+def test_manifest_command_publishes_to_s3(s3_server: Any, tmp_path: Any) -> None:
+    import json
+
+    import boto3
+
+    from edgefill_devenv.catalogue import generate, seed_bucket
+
+    entries = generate(12, prefix="mf")
+    seed_bucket(s3_server.endpoint_url, "manifests", entries)
+    popular = tmp_path / "popular.txt"
+    popular.write_text(entries[5].key + "\n" + entries[2].key + "\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefill_operator.cli",
+            "manifest",
+            "--endpoint-url",
+            s3_server.endpoint_url,
+            "--bucket",
+            "manifests",
+            "--prefix",
+            "mf/",
+            "--key",
+            "lists/all.jsonl",
+            "--popularity",
+            str(popular),
+        ],
+        capture_output=True,
+        text=True,
+        env=s3_server.env(),
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "12 objects" in out.stdout
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="edgefill-test",
+        aws_secret_access_key="edgefill-test-secret",
+    )
+    body = s3.get_object(Bucket="manifests", Key="lists/all.jsonl")["Body"].read()
+    rows = [json.loads(line) for line in body.decode().splitlines()]
+    assert [r["key"] for r in rows[:2]] == [entries[5].key, entries[2].key]
+    assert [r.get("rank") for r in rows[:3]] == [1, 2, None]
+    assert {(r["key"], r["size"]) for r in rows} == {(e.key, e.size) for e in entries}
