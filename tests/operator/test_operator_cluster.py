@@ -264,16 +264,17 @@ def test_edits_and_deletions_converge(operator: Any, namespace: str, wait: Any) 
 
     # Editing a child's spec: taken back within 30 s.
     cluster.kubectl("scale", "statefulset", "beta-west-cache", "-n", namespace, "--replicas=5")
+    # A field we own (the ConfigMap's node.json) edited by hand is forced back; fields
+    # other managers add stay theirs (server-side apply semantics).
     cluster.kubectl(
         "patch",
-        "service",
-        "beta-west",
+        "configmap",
+        "beta-west-config",
         "-n",
         namespace,
         "--type=merge",
         "-p",
-        '{"spec": {"ports": [{"name": "http", "port": 9999, '
-        '"targetPort": "client", "protocol": "TCP"}]}}',
+        json.dumps({"data": {"node.json": "{}"}}),
     )
     wait(
         "StatefulSet replicas restored",
@@ -286,15 +287,9 @@ def test_edits_and_deletions_converge(operator: Any, namespace: str, wait: Any) 
         timeout=30,
     )
     wait(
-        "Service port restored",
+        "node.json restored",
         lambda: (
-            [
-                p["port"]
-                for p in (get(cluster, namespace, "service", "beta-west") or {})
-                .get("spec", {})
-                .get("ports", [])
-            ]
-            == [8080]
+            node_json(cluster, namespace, "beta-west").get("site", {}).get("name") == "beta-west"
         ),
         timeout=30,
     )
