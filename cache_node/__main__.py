@@ -53,6 +53,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, help="override listen.metricsPort")
     parser.add_argument("--store-path", help="override store.path")
     parser.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default=os.environ.get("EDGEFILL_EVENT_LOOP", "auto"),
+        help=(
+            "event loop (env EDGEFILL_EVENT_LOOP). auto = asyncio, whose loop.sendfile is "
+            "zero-copy; uvloop has no sendfile and copies large bodies through Python"
+        ),
+    )
+    parser.add_argument(
         "--log-level", default=os.environ.get("EDGEFILL_LOG_LEVEL", "INFO"), help="log level"
     )
     return parser.parse_args(argv)
@@ -136,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     logs.configure(args.node_name, f"{config.site.namespace}/{config.site.name}", args.log_level)
-    try:
+    if args.event_loop == "uvloop":
         import uvloop
-    except ImportError:
-        asyncio.run(_amain(config, args.node_name))
-    else:
+
         uvloop.run(_amain(config, args.node_name))
+    else:
+        asyncio.run(_amain(config, args.node_name))
     return 0
 
 

@@ -149,11 +149,20 @@ class Sieve:
 class S3FIFO:
     """S3-FIFO with byte-sized queues: small (10 %), main, and a ghost of keys."""
 
-    SMALL_RATIO = 0.10
     MAX_FREQ = 3
 
-    def __init__(self, capacity_bytes: int) -> None:
+    def __init__(
+        self,
+        capacity_bytes: int,
+        *,
+        small_ratio: float = 0.10,
+        ghost_ratio: float = 0.90,
+        move_threshold: int = 1,
+    ) -> None:
         self._capacity = max(1, capacity_bytes)
+        self.SMALL_RATIO = small_ratio
+        self._ghost_capacity = ghost_ratio * self._capacity
+        self._move_threshold = move_threshold
         self._small: OrderedDict[str, int] = OrderedDict()  # key -> size, oldest first
         self._main: OrderedDict[str, int] = OrderedDict()
         self._freq: dict[str, int] = {}
@@ -189,7 +198,7 @@ class S3FIFO:
     def _remember(self, key: str, size: int) -> None:
         self._ghost[key] = size
         self._ghost_bytes += size
-        while self._ghost_bytes > self._capacity and self._ghost:
+        while self._ghost_bytes > self._ghost_capacity and self._ghost:
             _, gone = self._ghost.popitem(last=False)
             self._ghost_bytes -= gone
 
@@ -200,7 +209,7 @@ class S3FIFO:
             ):
                 key, size = self._small.popitem(last=False)
                 self._small_bytes -= size
-                if self._freq[key] > 0:
+                if self._freq[key] >= self._move_threshold:
                     self._freq[key] = 0
                     self._main[key] = size
                     self._main_bytes += size

@@ -114,6 +114,9 @@ class Metrics:
         )
         for result in RESULTS:
             self.requests.labels(result)
+        # The hit path's children, resolved once (labels() costs a lock and a dict lookup).
+        self.hit_requests = self.requests.labels("hit")
+        self.hit_bytes = self.served_bytes.labels("hit")
 
     def watch_store(self, store: Store, fills_in_progress: Callable[[], int]) -> None:
         self.registry.register(_StoreCollector(store, fills_in_progress))

@@ -48,6 +48,20 @@ def object_headers(
     }
 
 
+def _entry_headers(entry: Entry, now: float, default_cc: str) -> dict[str, str]:
+    """Headers of a committed object: formatted once per entry, only Age changes."""
+    cached = entry.derived.get("headers")
+    if not isinstance(cached, dict):
+        info = entry.meta.info
+        cached = object_headers(info, entry.meta.stored_at, now, default_cc)
+        cached["X-EdgeFill-Result"] = "hit"
+        entry.derived["headers"] = cached
+        entry.derived["validators"] = validators(info)
+    headers = dict(cached)
+    headers["Age"] = str(max(0, int(now - entry.meta.stored_at)))
+    return headers
+
+
 def validators(info: ObjectInfo) -> Validators:
     return Validators(
         size=info.size,
@@ -97,12 +111,11 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
 
 async def _serve_entry(request: web.Request, node: Node, entry: Entry) -> web.StreamResponse:
     info = entry.meta.info
-    base = object_headers(
-        info, entry.meta.stored_at, time.time(), node.config.serving.cache_control
-    )
-    base["X-EdgeFill-Result"] = "hit"
-    p = plan(request.method, request.headers, validators(info))
-    node.metrics.requests.labels("hit").inc()
+    base = _entry_headers(entry, time.time(), node.config.serving.cache_control)
+    obj = entry.derived["validators"]
+    assert isinstance(obj, Validators)
+    p = plan(request.method, request.headers, obj)
+    node.metrics.hit_requests.inc()
     if p.span is None:
         return _respond_without_body(p, base, info)
     headers = {**base, **p.headers, "Content-Type": info.content_type}
@@ -120,7 +133,7 @@ async def _serve_entry(request: web.Request, node: Node, entry: Entry) -> web.St
             if len(data) == info.size:
                 memory.put(entry, data)
         body = data[p.span.start : p.span.start + p.span.length]
-        node.metrics.served_bytes.labels("hit").inc(len(body))
+        node.metrics.hit_bytes.inc(len(body))
         headers.pop("Content-Length", None)
         return web.Response(status=p.status, body=body, headers=headers)
     try:
@@ -133,7 +146,7 @@ async def _serve_entry(request: web.Request, node: Node, entry: Entry) -> web.St
         resp.content_length = p.span.length
         await resp.prepare(request)
         await _sendfile(request, resp, fd, p.span.start, p.span.length)
-        node.metrics.served_bytes.labels("hit").inc(p.span.length)
+        node.metrics.hit_bytes.inc(p.span.length)
         await resp.write_eof()
         return resp
     finally:

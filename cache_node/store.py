@@ -127,6 +127,9 @@ class Entry:
     meta: ObjectMeta
     data_path: Path
     verified: bool
+    # Per-object values derived by the layers above (e.g. preformatted HTTP headers), so
+    # the hit path does not recompute them; dropped with the entry.
+    derived: dict[str, object] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
