@@ -57,7 +57,6 @@ from cache_node.tracker.swarms import (
 log = structlog.get_logger("edgefill.tracker")
 
 MAX_WS_SWARMS_PER_CONNECTION = 1000
-MAX_KEY_HINTS = 16
 ANSWER_COST = 0.25  # answers follow offers we relayed; cheap but not free
 
 
@@ -107,16 +106,17 @@ class WsPeerSession:
     sender: Callable[[dict[str, Any]], None]
     token: str | None = None
     key_hints: tuple[str, ...] = ()
-    peer_id: bytes | None = None
-    swarms: set[bytes] = field(default_factory=set)
+    # (info_hash, peer_id) memberships: the npm client multiplexes several
+    # torrents, each with its own peer id, over one socket per tracker URL.
+    swarms: set[tuple[bytes, bytes]] = field(default_factory=set)
     closed: bool = False
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.closed:
             self.sender(message)
 
-    def detach(self, info_hash: bytes) -> None:
-        self.swarms.discard(info_hash)
+    def detach(self, info_hash: bytes, peer_id: bytes) -> None:
+        self.swarms.discard((info_hash, peer_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +257,7 @@ class TrackerService:
                 404,
                 "unknown_swarm",
                 "unknown info_hash: this site serves no such object "
-                "(fetch /manifest/<key> first or announce with key=<object key>)",
+                "(fetch /manifest/<key> first or announce with object=<object key>)",
             )
         refused = self.gate.check(token, key)
         if refused is not None:
@@ -407,10 +407,6 @@ class TrackerService:
     async def _ws_announce(self, session: WsPeerSession, msg: dict[str, Any]) -> None:
         info_hash = _binary(msg.get("info_hash"), "info_hash")
         peer_id = _binary(msg.get("peer_id"), "peer_id")
-        if session.peer_id is None:
-            session.peer_id = peer_id
-        elif session.peer_id != peer_id:
-            raise self._reject(400, "malformed", "one connection announces with one peer_id")
         if msg.get("answer") is not None:
             self.admit(session.addr, ANSWER_COST)
             self._ws_answer(session, info_hash, peer_id, msg)
@@ -429,7 +425,8 @@ class TrackerService:
             raise self._reject(400, "malformed", str(exc)) from None
         left_raw = msg.get("left")
         left = None if left_raw is None else _count(left_raw, "left")
-        if info_hash not in session.swarms and len(session.swarms) >= MAX_WS_SWARMS_PER_CONNECTION:
+        membership = (info_hash, peer_id)
+        if membership not in session.swarms and len(session.swarms) >= MAX_WS_SWARMS_PER_CONNECTION:
             raise self._reject(429, "too_many_swarms", "this connection is in too many swarms")
         key = await self.resolve(info_hash, session.key_hints, session.token)
         if session.closed:
@@ -449,9 +446,9 @@ class TrackerService:
         )
         outcome = self._apply(req, key)
         if event is Event.STOPPED:
-            session.swarms.discard(info_hash)
+            session.swarms.discard(membership)
         else:
-            session.swarms.add(info_hash)
+            session.swarms.add(membership)
         ih_text = _text(info_hash)
         session.send(
             {
@@ -523,10 +520,8 @@ class TrackerService:
     def ws_closed(self, session: WsPeerSession) -> None:
         """The connection ended: its peer leaves every swarm it joined (like ``stopped``)."""
         session.closed = True
-        if session.peer_id is None:
-            return
-        for info_hash in list(session.swarms):
-            self.registry.leave(info_hash, session.peer_id, session)
+        for info_hash, peer_id in list(session.swarms):
+            self.registry.leave(info_hash, peer_id, session)
         session.swarms.clear()
         self._sync_gauges()
 

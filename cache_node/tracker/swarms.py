@@ -353,7 +353,7 @@ class SwarmRegistry:
         self.peer_counts[peer.transport] -= 1
         detach = getattr(peer.session, "detach", None)
         if detach is not None:
-            detach(swarm.info_hash)
+            detach(swarm.info_hash, peer.peer_id)
 
     def _drop_if_empty(self, swarm: Swarm) -> None:
         if not swarm.peers and self._swarms.get(swarm.info_hash) is swarm:

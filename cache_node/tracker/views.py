@@ -35,6 +35,8 @@ SOCKETS = web.AppKey("edgefill_tracker_sockets", weakref.WeakSet[web.WebSocketRe
 WS_MAX_MESSAGE = 64 * 1024
 WS_OUTBOX = 256
 MAX_QUERY_FIELDS = 64
+MAX_KEY_HINTS = 16
+OBJECT_PARAM = "object"
 
 
 def _query(request: web.Request) -> list[tuple[str, bytes]]:
@@ -120,13 +122,10 @@ def parse_announce(
         event = Event.parse(_utf8(_one(pairs, "event"), "event"))
     except ValueError as exc:
         raise RejectedError(400, "malformed", str(exc)) from None
-    hint = _utf8(_one(pairs, "key"), "key")
-    # BitTorrent clients also use ``key`` for a random session key (BEP 7): only a
-    # value that normalises to an object key is a hint; anything else is ignored.
-    key_hint = None
-    if hint is not None:
-        with contextlib.suppress(RejectedError):
-            key_hint = _key(hint)
+    # ``object`` names the object the swarm is for (``key`` is taken: BitTorrent
+    # clients send a random session key under that name).
+    hint = _utf8(_one(pairs, OBJECT_PARAM), OBJECT_PARAM)
+    key_hint = _key(hint) if hint is not None else None
     return HttpAnnounce(
         info_hash=_id(pairs, "info_hash"),
         peer_id=_id(pairs, "peer_id"),
@@ -225,8 +224,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         pairs = _query(request)
         hints: list[str] = []
         for name, value in pairs:
-            if name == "key" and len(hints) < 16:
-                hints.append(_key(_utf8(value, "key") or ""))
+            if name == OBJECT_PARAM and len(hints) < MAX_KEY_HINTS:
+                hints.append(_key(_utf8(value, OBJECT_PARAM) or ""))
         token = _token(service, request, pairs)
     except RejectedError as exc:
         return _failure(exc)
