@@ -195,3 +195,22 @@ async def test_head_on_a_miss_and_metrics_and_status(
     assert doc["requests"]["origin"] == 1
     assert doc["ready"] is True
     assert proxy.object_gets(key) == 1
+
+
+async def test_total_deadline_aborts_a_stalled_fill(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    key = "vod/title/seg-2.m4s"
+    proxy.stall(key, 3.0)  # headers arrive, then the body stalls past the deadline
+    cfg = config_for(proxy.endpoint_url, bucket.name, origin={"totalDeadlineSeconds": 1})
+    async with (
+        live_node(cfg) as node,
+        aiohttp.ClientSession() as s,
+    ):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await _get(s, f"{node.client_url}/{key}")
+        assert key not in node.store
+        async with s.get(f"{node.metrics_url}/metrics") as resp:
+            text = await resp.text()
+        assert 'edgefill_fills_total{outcome="failed"} 1.0' in text
+        assert 'edgefill_requests_total{result="error"} 1.0' in text
