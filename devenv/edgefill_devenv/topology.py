@@ -113,12 +113,6 @@ def node_manifest(node: NodeSpec, *, node_ip: str = "127.0.0.1") -> dict[str, An
                 "pods": "110",
                 "ephemeral-storage": "500Gi",
             },
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": "fake",
-                "kubeProxyVersion": "fake",
-            },
             "addresses": [{"type": "InternalIP", "address": node_ip}],
         },
     }
