@@ -204,6 +204,11 @@ class TrackerService:
             max_sources=tracker.max_rate_limited_sources,
         )
         self.efficiency = metrics.EfficiencyTracker()
+        # Label lookups cost more than the increments; resolve each child once.
+        self._announce_counters = {
+            (t, e): metrics.ANNOUNCES.labels(t.value, e.value) for t in Transport for e in Event
+        }
+        self._peer_gauges = {t: metrics.PEERS.labels(t.value) for t in Transport}
         self.interval = tracker.announce_interval_seconds
 
     @classmethod
@@ -292,7 +297,7 @@ class TrackerService:
             raise self._reject(
                 409 if exc.reason == "peer_id_in_use" else 503, exc.reason, exc.message
             ) from None
-        metrics.ANNOUNCES.labels(req.transport.value, req.event.value).inc()
+        self._announce_counters[req.transport, req.event].inc()
         self._sync_gauges()
         self.efficiency.add(outcome.uploaded_delta, outcome.downloaded_delta)
         return outcome
@@ -300,7 +305,7 @@ class TrackerService:
     def _sync_gauges(self) -> None:
         metrics.SWARMS.set(len(self.registry))
         for transport, count in self.registry.peer_counts.items():
-            metrics.PEERS.labels(transport.value).set(count)
+            self._peer_gauges[transport].set(count)
 
     def sweep(self) -> int:
         """Expire silent peers (periodic task); keeps the gauges honest."""

@@ -24,6 +24,7 @@ to its connection: only that connection may speak for its peer id.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,7 +77,9 @@ class Peer:
         "expires",
         "ident",
         "net",
+        "net_pos",
         "port",
+        "prefix_pos",
         "session",
         "transport",
         "uploaded",
@@ -99,6 +102,8 @@ class Peer:
         self.uploaded = 0
         self.downloaded = 0
         self.expires = 0.0
+        self.net_pos = -1
+        self.prefix_pos = -1
 
     @property
     def peer_id(self) -> bytes:
@@ -113,9 +118,61 @@ class Peer:
         """The /24 (IPv4) or /48 (IPv6) this peer is in, as packed bytes."""
         return self.ident[20:23] if len(self.ident) == 24 else self.ident[20:26]
 
+    @property
+    def net_group(self) -> int:
+        return (self.net << 1) | (self.transport is Transport.WS)
+
+    @property
+    def prefix_group(self) -> bytes:
+        return self.prefix + (b"w" if self.transport is Transport.WS else b"h")
+
+
+class _Groups:
+    """Locality index of a large swarm: peers by (client network, transport) and by prefix.
+
+    Each group is a list with swap-remove (every peer knows its position), so
+    adding, removing and drawing random members are O(1): selection in a swarm
+    of thousands costs O(numwant), not O(swarm). Small swarms do not carry it
+    (a scan is cheaper than the memory).
+    """
+
+    __slots__ = ("by_net", "by_prefix")
+
+    def __init__(self) -> None:
+        self.by_net: dict[int, list[Peer]] = {}
+        self.by_prefix: dict[bytes, list[Peer]] = {}
+
+    def add(self, peer: Peer) -> None:
+        nets = self.by_net.setdefault(peer.net_group, [])
+        peer.net_pos = len(nets)
+        nets.append(peer)
+        near = self.by_prefix.setdefault(peer.prefix_group, [])
+        peer.prefix_pos = len(near)
+        near.append(peer)
+
+    def remove(self, peer: Peer) -> None:
+        nets = self.by_net[peer.net_group]
+        last = nets.pop()
+        if last is not peer:
+            nets[peer.net_pos] = last
+            last.net_pos = peer.net_pos
+        if not nets:
+            del self.by_net[peer.net_group]
+        group = peer.prefix_group
+        near = self.by_prefix[group]
+        last = near.pop()
+        if last is not peer:
+            near[peer.prefix_pos] = last
+            last.prefix_pos = peer.prefix_pos
+        if not near:
+            del self.by_prefix[group]
+
+
+INDEX_ABOVE = 64  # swarms larger than this keep a _Groups index
+
 
 class Swarm:
-    __slots__ = ("complete", "downloaded", "info_hash", "key", "peers")
+    __slots__ = ("complete", "downloaded", "groups", "info_hash", "key", "peers")
 
     def __init__(self, info_hash: bytes, key: str) -> None:
         self.info_hash = info_hash
@@ -126,6 +183,21 @@ class Swarm:
         self.peers: dict[bytes, Peer] = {}
         self.complete = 0
         self.downloaded = 0  # times a peer reported ``completed`` (scrape semantics)
+        self.groups: _Groups | None = None
+
+    def add(self, pkey: bytes, peer: Peer) -> None:
+        self.peers[pkey] = peer
+        if self.groups is not None:
+            self.groups.add(peer)
+        elif len(self.peers) > INDEX_ABOVE:
+            self.groups = _Groups()
+            for each in self.peers.values():
+                self.groups.add(each)
+
+    def discard(self, pkey: bytes, peer: Peer) -> None:
+        del self.peers[pkey]
+        if self.groups is not None:
+            self.groups.remove(peer)
 
     @property
     def incomplete(self) -> int:
@@ -255,17 +327,17 @@ class SwarmRegistry:
                 ident, req.port, req.transport, req.session, self.locality.network_of(req.addr)
             )
             peer.uploaded, peer.downloaded = req.uploaded, req.downloaded
-            swarm.peers[pkey] = peer
+            swarm.add(pkey, peer)
             self.peer_counts[req.transport] += 1
             outcome.joined = True
         else:
             self._account(peer, req, outcome)
             peer.session = req.session
             peer.port = req.port
+            swarm.discard(pkey, peer)  # re-insert: now the most recently seen
             if req.transport is Transport.WS:
                 peer.ident = ident  # a WebSocket peer's address follows its live connection
-            del swarm.peers[pkey]  # re-insert: now the most recently seen
-            swarm.peers[pkey] = peer
+            swarm.add(pkey, peer)
         peer.expires = now + self.peer_ttl
         done = req.left == 0 or req.event is Event.COMPLETED
         if done and not peer.complete:
@@ -297,10 +369,14 @@ class SwarmRegistry:
     def select(self, swarm: Swarm, me: Peer, addr: IPAddress, numwant: int) -> list[Peer]:
         """Up to ``numwant`` peers of the same transport, nearest tiers first, random within.
 
-        Seeders get no seeders back (they have nothing to fetch from them).
+        Tiers: same /24 or /48, same client network, other client networks,
+        outside the site's networks. Seeders get no seeders back (they have
+        nothing to fetch from them).
         """
         if numwant <= 0:
             return []
+        if swarm.groups is not None:
+            return self._select_indexed(swarm.groups, me, numwant)
         tiers: tuple[list[Peer], list[Peer], list[Peer], list[Peer]] = ([], [], [], [])
         my_prefix = me.prefix
         my_net = me.net
@@ -329,6 +405,61 @@ class SwarmRegistry:
                 chosen.extend(self._rng.sample(tier, room))
         return chosen
 
+    def _select_indexed(self, groups: _Groups, me: Peer, numwant: int) -> list[Peer]:
+        chosen: list[Peer] = []
+        seen: set[int] = {id(me)}
+        ws = me.transport is Transport.WS
+        pools: list[list[Peer]] = []
+        near = groups.by_prefix.get(me.prefix_group)
+        if near:
+            pools.append(near)
+        if me.net >= 0:
+            same_net = groups.by_net.get(me.net_group)
+            if same_net:
+                pools.append(same_net)
+        others = [
+            pool
+            for key, pool in groups.by_net.items()
+            if (key & 1) == ws and key >= 0 and key != me.net_group
+        ]
+        self._rng.shuffle(others)
+        pools.extend(others)
+        outside = groups.by_net.get((-1 << 1) | ws)
+        if outside:
+            pools.append(outside)
+        for pool in pools:
+            if len(chosen) >= numwant:
+                break
+            self._draw(pool, me, chosen, seen, numwant)
+        return chosen
+
+    def _draw(
+        self, pool: list[Peer], me: Peer, chosen: list[Peer], seen: set[int], numwant: int
+    ) -> None:
+        """Walk ``pool`` in a random order until ``chosen`` is full.
+
+        The order is ``start + i * stride (mod n)`` with a random stride coprime
+        to n: a full permutation from two random numbers, so a draw costs
+        O(numwant) instead of one random number per candidate.
+        """
+        n = len(pool)
+        start = self._rng.randrange(n)
+        stride = 1
+        if n > 2:
+            stride = self._rng.randrange(1, n)
+            while math.gcd(stride, n) != 1:
+                stride = stride % (n - 1) + 1
+        idx = start
+        for _ in range(n):
+            peer = pool[idx]
+            idx = (idx + stride) % n
+            if id(peer) in seen or (me.complete and peer.complete):
+                continue
+            seen.add(id(peer))
+            chosen.append(peer)
+            if len(chosen) >= numwant:
+                return
+
     def sweep(self, now: float) -> int:
         """Expire silent peers in every swarm and drop empty swarms; returns peers expired."""
         before = self.expired
@@ -347,7 +478,7 @@ class SwarmRegistry:
             self.expired += 1
 
     def _remove(self, swarm: Swarm, pkey: bytes, peer: Peer) -> None:
-        del swarm.peers[pkey]
+        swarm.discard(pkey, peer)
         if peer.complete:
             swarm.complete -= 1
         self.peer_counts[peer.transport] -= 1

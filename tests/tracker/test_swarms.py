@@ -168,3 +168,53 @@ def test_unknown_event_is_a_clear_error() -> None:
         Event.parse("exploded")
     assert Event.parse(None) is Event.UPDATE
     assert Event.parse("empty") is Event.UPDATE
+
+
+def test_large_swarms_keep_locality_order_through_the_index() -> None:
+    reg = registry()
+    # 300 peers outside the client networks, 100 in another client network,
+    # 20 in the requester's network and 5 in its /24.
+    n = 0
+    for i in range(300):
+        n += 1
+        reg.announce(req(n, f"192.0.{i // 250}.{i % 250 + 1}"), "k", 0)
+    for i in range(100):
+        n += 1
+        reg.announce(req(n, f"2001:db8::{i + 1:x}"), "k", 0)
+    for i in range(20):
+        n += 1
+        reg.announce(req(n, f"10.7.{i}.1"), "k", 0)
+    for i in range(5):
+        n += 1
+        reg.announce(req(n, f"10.1.2.{i + 100}"), "k", 0)
+    swarm = reg.get(IH)
+    assert swarm is not None
+    assert swarm.groups is not None  # large swarms select through the locality index
+    out = reg.announce(req(9999, "10.1.2.3", numwant=50), "k", 0)
+    got = [ipaddress.ip_address(p.packed) for p in out.peers]
+    assert len(got) == len(set(got)) == 50
+    assert all(str(a).startswith("10.1.2.") for a in got[:5])
+    assert all(str(a).startswith("10.") for a in got[5:25])
+    assert all(a.version == 6 for a in got[25:50])
+    # removal keeps the index consistent
+    for p in list(swarm.peers.values())[:200]:
+        reg.announce(
+            req(
+                int.from_bytes(p.peer_id, "big"),
+                str(ipaddress.ip_address(p.packed)),
+                event=Event.STOPPED,
+            ),
+            "k",
+            1,
+        )
+    total = sum(len(g) for g in swarm.groups.by_net.values())
+    assert total == len(swarm.peers) == 226
+
+
+def test_draws_cover_the_whole_pool() -> None:
+    """The stride walk is a permutation: asking for everything returns everything."""
+    reg = registry()
+    for i in range(97):
+        reg.announce(req(i + 1, f"192.0.2.{i + 1}"), "k", 0)
+    out = reg.announce(req(500, "198.51.100.1", numwant=200), "k", 0)
+    assert len({p.peer_id for p in out.peers}) == 97
