@@ -65,7 +65,7 @@ s3-down: ## Stop the S3 test origin
 
 .PHONY: seed
 seed: s3-up ## Seed the S3 test origin with a synthetic catalogue
-	$(PYTHON) -m edgefill_devenv.catalogue --endpoint-url http://127.0.0.1:9000 --objects 200
+	$(PYTHON) -m edgefill_devenv.catalogue --endpoint-url http://127.0.0.1:9000 --objects 200 --examples
 
 .PHONY: demo
 demo: install cluster-bins ## Run the end-to-end demo on the local cluster

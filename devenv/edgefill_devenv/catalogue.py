@@ -100,12 +100,15 @@ def manifest(entries: list[CatalogueObject], fmt: Literal["jsonl", "csv"] = "jso
 
 
 def iter_uploads(
-    entries: list[CatalogueObject], manifest_key: str | None
+    entries: list[CatalogueObject],
+    manifest_key: str | None,
+    manifest_entries: list[CatalogueObject] | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     for e in entries:
         yield e.key, object_bytes(e.key, e.size)
     if manifest_key:
-        yield manifest_key, manifest(entries, "csv" if manifest_key.endswith(".csv") else "jsonl")
+        listed = entries if manifest_entries is None else manifest_entries
+        yield manifest_key, manifest(listed, "csv" if manifest_key.endswith(".csv") else "jsonl")
 
 
 def seed_bucket(
@@ -114,6 +117,7 @@ def seed_bucket(
     entries: list[CatalogueObject],
     *,
     manifest_key: str | None = None,
+    manifest_entries: list[CatalogueObject] | None = None,
     access_key: str = "edgefill-test",
     secret_key: str = "edgefill-test-secret",  # noqa: S107 - test server default
     region: str = "us-east-1",
@@ -132,9 +136,21 @@ def seed_bucket(
     if bucket not in existing:
         s3.create_bucket(Bucket=bucket)
     total = 0
-    for key, body in iter_uploads(entries, manifest_key):
+    for key, body in iter_uploads(entries, manifest_key, manifest_entries):
         s3.put_object(Bucket=bucket, Key=key, Body=body)
         total += len(body)
+    return total
+
+
+def seed_demo(endpoint_url: str, bucket: str, objects: int, popular_share: float = 0.4) -> int:
+    """The catalogue ``examples/`` expect: every object, the full manifest
+    ``manifests/vod.jsonl`` and ``manifests/popular.jsonl`` (the top ranks)."""
+    entries = generate(objects)
+    total = seed_bucket(endpoint_url, bucket, entries, manifest_key="manifests/vod.jsonl")
+    top = sorted(entries, key=lambda e: e.rank)[: max(1, int(len(entries) * popular_share))]
+    total += seed_bucket(
+        endpoint_url, bucket, [], manifest_key="manifests/popular.jsonl", manifest_entries=top
+    )
     return total
 
 
@@ -146,7 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="vod")
     parser.add_argument("--manifest-key", default="manifests/vod.jsonl")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--examples",
+        action="store_true",
+        help="the layout examples/ expect (vod/ objects, vod and popular manifests)",
+    )
     args = parser.parse_args(argv)
+    if args.examples:
+        total = seed_demo(args.endpoint_url, args.bucket, args.objects)
+        print(
+            f"seeded s3://{args.bucket} for examples/: {args.objects} objects, "
+            f"{total / MiB:.1f} MiB, manifests/vod.jsonl and manifests/popular.jsonl"
+        )
+        return 0
     entries = generate(args.objects, prefix=args.prefix, seed=args.seed)
     total = seed_bucket(args.endpoint_url, args.bucket, entries, manifest_key=args.manifest_key)
     print(f"seeded s3://{args.bucket}: {len(entries)} objects, {total / MiB:.1f} MiB")

@@ -177,17 +177,24 @@ def _write_items(
 class Cluster:
     """The few reads the pod host makes, over the kubernetes client."""
 
-    def __init__(self, kubeconfig: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str | None = None) -> None:
         from kubernetes import client, config  # imported here: only the pod host needs it
 
         api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
         # Raw JSON responses (_preload_content=False): plain dicts, no model classes.
         self._api: Any = client.CoreV1Api(api_client)
+        self.namespace = namespace
 
     def pods(self) -> list[dict[str, Any]]:
-        resp = self._api.list_pod_for_all_namespaces(
-            label_selector=CACHE_NODE_SELECTOR, _preload_content=False, _request_timeout=10
-        )
+        opts: dict[str, Any] = {
+            "label_selector": CACHE_NODE_SELECTOR,
+            "_preload_content": False,
+            "_request_timeout": 10,
+        }
+        if self.namespace:
+            resp = self._api.list_namespaced_pod(self.namespace, **opts)
+        else:
+            resp = self._api.list_pod_for_all_namespaces(**opts)
         items: list[dict[str, Any]] = json.loads(resp.data)["items"]
         return items
 
@@ -337,8 +344,10 @@ class PodHost:
         return {k: r.pod.ip for k, r in self.running.items()}
 
 
-def run_forever(kubeconfig: Path, workdir: Path, interval: float = 1.0) -> None:
-    host = PodHost(Cluster(kubeconfig), workdir)
+def run_forever(
+    kubeconfig: Path, workdir: Path, interval: float = 1.0, namespace: str | None = None
+) -> None:
+    host = PodHost(Cluster(kubeconfig, namespace), workdir)
     stop = False
 
     def _term(signum: int, frame: object) -> None:
@@ -353,7 +362,9 @@ def run_forever(kubeconfig: Path, workdir: Path, interval: float = 1.0) -> None:
                 host.sync()
             except Exception as exc:  # keep hosting through API hiccups
                 print(f"[podhost] sync failed: {exc}", file=sys.stderr, flush=True)
-            (workdir / "pods.json").write_text(json.dumps(host.addresses(), indent=2))
+            tmp = workdir / "pods.json.tmp"
+            tmp.write_text(json.dumps(host.addresses(), indent=2))
+            tmp.replace(workdir / "pods.json")  # readers never see a half-written file
             time.sleep(interval)
     finally:
         host.stop_all()
@@ -366,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", type=Path, default=state_dir() / "cluster" / "kubeconfig")
     parser.add_argument("--workdir", type=Path, default=state_dir() / "pods")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between syncs")
+    parser.add_argument("--namespace", help="only pods of this namespace (default: all)")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    run_forever(args.kubeconfig, args.workdir, args.interval)
+    run_forever(args.kubeconfig, args.workdir, args.interval, args.namespace)
     return 0
 
 
