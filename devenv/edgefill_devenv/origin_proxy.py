@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 CHUNK = 16 * 1024
+STATS_PATH = "/_origin_proxy/stats"
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -57,6 +58,7 @@ class OriginProxy:
     port: int = 0
     gets: collections.Counter[str] = field(default_factory=collections.Counter)
     range_gets: collections.Counter[str] = field(default_factory=collections.Counter)
+    body_bytes: collections.Counter[str] = field(default_factory=collections.Counter)
     _cuts: dict[str, _Cut] = field(default_factory=dict)
     _stalls: dict[str, float] = field(default_factory=dict)
     pace_seconds: float = 0.0  # pause after every body chunk (slow origin)
@@ -72,6 +74,13 @@ class OriginProxy:
 
     def total_gets(self) -> int:
         return sum(self.gets.values())
+
+    def total_bytes(self) -> int:
+        """Object body bytes the origin sent through this proxy."""
+        return sum(self.body_bytes.values())
+
+    def stats(self) -> dict[str, int]:
+        return {"gets": self.total_gets(), "bytes": self.total_bytes(), "keys": len(self.gets)}
 
     def cut_body(
         self,
@@ -93,6 +102,7 @@ class OriginProxy:
     def reset(self) -> None:
         self.gets.clear()
         self.range_gets.clear()
+        self.body_bytes.clear()
         self._cuts.clear()
         self._stalls.clear()
         self.pace_seconds = 0.0
@@ -158,13 +168,20 @@ class OriginProxy:
                 return False
             await resp.write(chunk)
             sent += len(chunk)
+            if key is not None:
+                self.body_bytes[key] += len(chunk)
             if self.pace_seconds:
                 await asyncio.sleep(self.pace_seconds)
         return True
 
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
     async def start(self) -> OriginProxy:
         self._session = aiohttp.ClientSession(auto_decompress=False)
         app = web.Application()
+        # Bucket names cannot start with "_", so this path never shadows S3.
+        app.router.add_get(STATS_PATH, self._stats)
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -187,3 +204,30 @@ class OriginProxy:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _serve(upstream: str, bucket: str, host: str, port: int) -> None:
+    async with OriginProxy(upstream=upstream, bucket=bucket, host=host, port=port) as proxy:
+        print(
+            f"origin proxy {proxy.endpoint_url} -> {upstream} (stats at {STATS_PATH})", flush=True
+        )
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the proxy as a process (the demo measures origin traffic with it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Counting reverse proxy in front of S3.")
+    parser.add_argument("--upstream", required=True, help="S3 endpoint URL to forward to")
+    parser.add_argument("--bucket", required=True, help="bucket whose object GETs are counted")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.upstream, args.bucket, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
