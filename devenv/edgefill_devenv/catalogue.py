@@ -56,6 +56,18 @@ def object_bytes(key: str, size: int) -> bytes:
     return bytes(out[:size])
 
 
+def object_range(key: str, start: int, end: int) -> bytes:
+    """``object_bytes(key, size)[start:end]`` without generating the bytes before ``start``."""
+    if end <= start:
+        return b""
+    seed = hashlib.sha256(key.encode()).digest()
+    first, last = start // 32, (end + 31) // 32
+    out = b"".join(
+        hashlib.sha256(seed + counter.to_bytes(8, "big")).digest() for counter in range(first, last)
+    )
+    return out[start - first * 32 : end - first * 32]
+
+
 def generate(
     objects: int, *, prefix: str = "vod", seed: int = 7, segments_per_rendition: int = 8
 ) -> list[CatalogueObject]:

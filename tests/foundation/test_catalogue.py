@@ -6,7 +6,14 @@ import csv
 import io
 import json
 
-from edgefill_devenv.catalogue import MAX_SIZE, MIN_SIZE, generate, manifest, object_bytes
+from edgefill_devenv.catalogue import (
+    MAX_SIZE,
+    MIN_SIZE,
+    generate,
+    manifest,
+    object_bytes,
+    object_range,
+)
 
 
 def test_sizes_ranks_and_keys() -> None:
@@ -40,3 +47,9 @@ def test_manifests_list_every_key_by_rank() -> None:
     rows = list(csv.DictReader(io.StringIO(manifest(entries, "csv").decode())))
     assert rows[0].keys() == {"key", "size", "rank"}
     assert len(rows) == 40
+
+
+def test_object_range_matches_the_whole_object() -> None:
+    whole = object_bytes("vod/r", 1000)
+    for start, end in [(0, 1000), (1, 2), (31, 33), (32, 64), (500, 999), (999, 1000), (5, 5)]:
+        assert object_range("vod/r", start, end) == whole[start:end]
