@@ -169,6 +169,48 @@ class S3Origin:
     def _min_throughput(self) -> int:
         return self.config.min_throughput_bytes_per_second
 
+    # --- catalogue access for pre-positioning (cache_node.prepos) -------------------------
+
+    async def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[tuple[str, int]]:
+        """Every ``(key, size)`` under ``prefix``, following ListObjectsV2 pagination."""
+        if self._client is None:
+            raise RuntimeError("S3Origin.start() was not awaited")
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"], int(obj["Size"])
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            raise UpstreamError(f"listing s3://{bucket}/{prefix} failed: {code}") from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"listing s3://{bucket}/{prefix} failed: {exc}") from exc
+
+    async def get_small(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        """A whole small object (a manifest), refusing one larger than ``max_bytes``."""
+        if self._client is None:
+            raise RuntimeError("S3Origin.start() was not awaited")
+        try:
+            response = await self._client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code", "")
+            if status == 404 or code in ("NoSuchKey", "NotFound", "404"):
+                raise NotFoundError(f"s3://{bucket}/{key} does not exist") from exc
+            raise UpstreamError(f"s3://{bucket}/{key}: origin answered {status} {code}") from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"s3://{bucket}/{key}: origin unreachable: {exc}") from exc
+        body = response["Body"]
+        try:
+            if int(response.get("ContentLength", 0)) > max_bytes:
+                raise UpstreamError(f"s3://{bucket}/{key} is larger than {max_bytes} bytes")
+            data: bytes = await body.read()
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"s3://{bucket}/{key}: body broke off: {exc}") from exc
+        finally:
+            body.close()
+        return data
+
 
 def _info_from(key: str, resp: dict[str, Any]) -> tuple[ObjectInfo, int]:
     etag = resp.get("ETag")

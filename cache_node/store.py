@@ -44,7 +44,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -538,6 +538,44 @@ class Store:
                 await self.verify(entry)
             checked += 1
         return checked
+
+    async def set_placement(self, key: str, *, pinned: bool, content_set: str | None) -> bool:
+        """Pin an object to a ContentSet, or unpin it (evictable again, not deleted).
+
+        Pre-positioning calls this after a fill commits (whoever started the
+        fill: a client miss may have fetched the key first) and when a key
+        leaves the fill plan. The meta document is rewritten crash-safely
+        (temp file, fsync, rename, fsync the directory) so the placement
+        survives a restart; the object moves between the dynamic and pinned
+        eviction classes. Returns False when the key is not in the store.
+        """
+        entry = self._index.get(key)
+        if entry is None:
+            return False
+        if entry.meta.pinned == pinned and entry.meta.content_set == content_set:
+            return True
+        meta = replace(entry.meta, pinned=pinned, content_set=content_set)
+        meta_path = entry.data_path.with_suffix(".meta")
+        meta_tmp = self._tmp / f"{secrets.token_hex(12)}.meta"
+
+        def durable() -> None:
+            with open(meta_tmp, "wb") as fh:  # noqa: PTH123 - need the descriptor for fsync
+                fh.write(meta.to_json())
+                fh.flush()
+                os.fsync(fh.fileno())
+            meta_tmp.replace(meta_path)
+            _fsync_dir(meta_path.parent)
+
+        try:
+            await asyncio.to_thread(durable)
+        except BaseException:
+            meta_tmp.unlink(missing_ok=True)
+            raise
+        if self._index.get(key) is not entry:
+            return key in self._index  # replaced meanwhile: the newer commit stands
+        self._forget(entry)
+        self._add(Entry(meta=meta, data_path=entry.data_path, verified=entry.verified))
+        return True
 
     def by_content_set(self) -> dict[str, tuple[int, int]]:
         """Objects and bytes held per ContentSet (pinned content only)."""

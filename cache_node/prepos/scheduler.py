@@ -1,0 +1,546 @@
+"""The pre-positioning loop of one node: resolve, own, pin, fill, report.
+
+Every step (each ``tick`` seconds, and at once when a fill finishes) reads the
+node's *current* configuration - the config watcher swaps it when the
+operator re-renders the ConfigMap - and:
+
+1. resolves each fill-plan entry's catalogue (cached per entry, generation and
+   source; refreshed every ``refresh`` seconds and after an invalidation);
+2. keeps the keys this node owns (:mod:`.plan`) in fill order;
+3. applies invalidations once per id (the objects are removed; owned ones are
+   then refetched by the normal fill);
+4. reconciles pins: owned keys that are stored are pinned to their
+   ContentSet; anything pinned that is no longer owned or planned is unpinned
+   (evictable, not deleted);
+5. when the window is open (or ``allowOutsideWindow``) and the budget admits
+   the next object, starts fills up to ``fill.concurrency``.
+
+A window that closes stops new fills; running ones finish (their bytes still
+go through the rate cap). Fills go through their own :class:`Loader` over the
+node's store, so commits, piece hashes and the ``Range`` + ``If-Match``
+resume are the miss path's own; the chain per key is the old owners (peer
+fill, see :mod:`.sources`) and then the origin. A client miss racing a
+pre-positioning fill of the same key may fetch it once more from the origin;
+whichever commits last stands, and the pin is applied to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from cache_node.appkeys import NODE
+from cache_node.config import NodeConfig, Origin
+from cache_node.loader import Fill, FillFailedError, Loader, RetryPolicy
+from cache_node.node import Node
+from cache_node.origin import S3Origin
+from cache_node.prepos import window as windows
+from cache_node.prepos.catalogue import CatalogueError, Item, resolve
+from cache_node.prepos.metrics import PreposMetrics
+from cache_node.prepos.partial import Partials
+from cache_node.prepos.plan import Task, holders, ordered, owned
+from cache_node.prepos.sources import HolderPeer, Metered
+from cache_node.prepos.throttle import TokenBucket, WindowBudget
+from cache_node.store import Entry
+from cache_node.upstream import Upstream, UpstreamError
+
+log = structlog.get_logger("cache_node.prepos")
+
+Clock = Callable[[], datetime]
+FAILURE_BACKOFF_SECONDS = 30.0
+RESOLVE_BACKOFF_SECONDS = 30.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Progress:
+    objects_total: int = 0
+    bytes_total: int = 0
+    objects_stored: int = 0
+    bytes_stored: int = 0
+
+    def as_status(self) -> dict[str, int]:
+        return {
+            "objectsTotal": self.objects_total,
+            "bytesTotal": self.bytes_total,
+            "objectsPending": self.objects_total - self.objects_stored,
+            "bytesPending": max(0, self.bytes_total - self.bytes_stored),
+            "objectsStored": self.objects_stored,
+            "bytesStored": self.bytes_stored,
+        }
+
+
+@dataclass
+class _Catalogue:
+    signature: tuple[object, ...]
+    items: list[Item] | None = None
+    error: str | None = None
+    resolved_at: float = 0.0
+
+
+@dataclass
+class State:
+    """What must survive a restart: invalidations done and budget used per window."""
+
+    invalidations: set[str] = field(default_factory=set)
+    budget_used: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        try:
+            doc = json.loads(path.read_bytes())
+            return cls(
+                invalidations={str(i) for i in doc.get("invalidations", [])},
+                budget_used={str(k): int(v) for k, v in doc.get("budgetUsed", {}).items()},
+            )
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.error("prepos_state_unreadable", path=str(path), error=str(exc))
+            return cls()
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        doc = {"invalidations": sorted(self.invalidations), "budgetUsed": self.budget_used}
+        with open(tmp, "wb") as fh:  # noqa: PTH123 - need the descriptor for fsync
+            fh.write(json.dumps(doc, sort_keys=True).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+
+
+class Prepositioner:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        clock: Clock = utc_now,
+        tick: float = 1.0,
+        refresh: float = 300.0,
+    ) -> None:
+        if node.store is None:
+            raise RuntimeError("the node's store must exist before pre-positioning starts")
+        self.node = node
+        self.store = node.store
+        self.clock = clock
+        self.tick = tick
+        self.refresh = refresh
+        cfg = node.config
+        root = Path(cfg.store.path) / "prepos"
+        self.partials = Partials(root / "partial")
+        self._state_path = root / "state.json"
+        self.state = State.load(self._state_path)
+        self.bucket = TokenBucket(cfg.fill.rate_limit_bytes_per_second)
+        self.budget = WindowBudget(cfg.fill.budget_bytes_per_window, self.state.budget_used)
+        self.loader = Loader(
+            self.store,
+            [],
+            RetryPolicy(
+                max_attempts=cfg.origin.max_attempts,
+                total_deadline=cfg.origin.total_deadline_seconds,
+            ),
+            on_origin_request=node.metrics.origin_request,
+            on_fill_done=node.metrics.fill_done,
+        )
+        self._origins: dict[str, S3Origin] = {}
+        self._catalogues: dict[str, _Catalogue] = {}
+        self._members: list[str] = [m.name for m in cfg.peering.members]
+        self._previous: list[str] = list(self._members)
+        self._tasks: list[Task] = []
+        self._tasks_signature: tuple[object, ...] = ()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running_bytes = 0
+        self._failed_until: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._state_dirty = False
+        self.progress: dict[str, Progress] = {}
+        self.window_open = False
+        self.window_id: str | None = None
+        self.budget_exhausted = False
+        self._window_key = ""
+        self.metrics = PreposMetrics(node.metrics.registry, self)  # last: it reads the above
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="prepos")
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for task in list(self._running.values()):
+            task.cancel()
+        for task in list(self._running.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.loader.close()
+        for origin in self._origins.values():
+            await origin.close()
+        self._origins.clear()
+        if self._state_dirty:
+            self.state.save(self._state_path)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep filling after a bug in one step; it is logged
+                log.exception("prepos_step_failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+
+    # --- one step ---------------------------------------------------------------------------
+
+    async def step(self) -> None:
+        node = self.node
+        if not node.ready:
+            return
+        cfg = node.config
+        self.bucket.set_rate(cfg.fill.rate_limit_bytes_per_second)
+        self.budget.limit = cfg.fill.budget_bytes_per_window
+        members = [m.name for m in cfg.peering.members]
+        if members != self._members:
+            log.info("prepos_members_changed", before=self._members, after=members)
+            self._previous, self._members = self._members, members
+        await self._resolve_all(cfg)
+        await self._invalidate(cfg)
+        tasks_changed = self._plan(cfg)
+        if tasks_changed:
+            await self._reconcile_pins()
+        self._update_progress()
+        self._dispatch(cfg)
+        if self._state_dirty:
+            self.state.budget_used = self.budget.used
+            await asyncio.to_thread(self.state.save, self._state_path)
+            self._state_dirty = False
+
+    def _origin(self, cfg: Origin, bucket: str) -> S3Origin:
+        origin = self._origins.get(bucket)
+        if origin is None:
+            origin = S3Origin(cfg.model_copy(update={"bucket": bucket}))
+            self._origins[bucket] = origin
+        return origin
+
+    async def _started_origin(self, bucket: str) -> S3Origin:
+        known = bucket in self._origins
+        origin = self._origin(self.node.config.origin, bucket)
+        if not known:
+            await origin.start()
+        return origin
+
+    async def _resolve_all(self, cfg: NodeConfig) -> None:
+        now = time.monotonic()
+        names = {entry.name for entry in cfg.fill_plan}
+        for gone in set(self._catalogues) - names:
+            del self._catalogues[gone]
+        for entry in cfg.fill_plan:
+            signature = (entry.generation, entry.source)
+            cat = self._catalogues.get(entry.name)
+            if cat is not None and cat.signature == signature:
+                age = now - cat.resolved_at
+                if cat.items is not None and age < self.refresh:
+                    continue
+                if cat.items is None and age < RESOLVE_BACKOFF_SECONDS:
+                    continue
+            fresh = _Catalogue(signature=signature, resolved_at=now)
+            try:
+                origin = await self._started_origin(entry.source.bucket)
+                fresh.items = await resolve(entry.source, origin)
+            except (CatalogueError, UpstreamError) as exc:
+                fresh.error = str(exc)
+                if cat is not None and cat.signature == signature:
+                    fresh.items = cat.items  # keep filling from the last good catalogue
+                self.metrics.catalogue_errors.inc()
+                log.error("prepos_catalogue_failed", content_set=entry.name, error=str(exc))
+            else:
+                log.info("prepos_catalogue", content_set=entry.name, objects=len(fresh.items))
+            self._catalogues[entry.name] = fresh
+
+    async def _invalidate(self, cfg: NodeConfig) -> None:
+        for entry in cfg.fill_plan:
+            for inv in entry.invalidations:
+                ident = f"{entry.name}/{inv.id}"
+                if ident in self.state.invalidations:
+                    continue
+                removed = 0
+                for key in list(self.store):
+                    if (inv.key is not None and key == inv.key.lstrip("/")) or (
+                        inv.prefix is not None and key.startswith(inv.prefix.lstrip("/"))
+                    ):
+                        if key in self._running:
+                            continue  # being fetched now: that copy is current
+                        self.store.remove(key, reason="invalidated")
+                        self.partials.drop(key)
+                        removed += 1
+                self.state.invalidations.add(ident)
+                self._state_dirty = True
+                self.metrics.invalidations.inc()
+                cat = self._catalogues.get(entry.name)
+                if cat is not None:
+                    cat.resolved_at = 0.0  # sizes may have changed: re-resolve next step
+                self._tasks_signature = ()
+                log.info(
+                    "prepos_invalidated",
+                    content_set=entry.name,
+                    id=inv.id,
+                    key=inv.key,
+                    prefix=inv.prefix,
+                    removed=removed,
+                )
+
+    def _plan(self, cfg: NodeConfig) -> bool:
+        signature: tuple[object, ...] = (
+            tuple(self._members),
+            tuple(
+                (e.name, e.priority, e.copies, e.pinned, id(self._catalogues.get(e.name)))
+                for e in cfg.fill_plan
+            ),
+        )
+        if signature == self._tasks_signature:
+            return False
+        tasks: dict[str, Task] = {}
+        for entry in cfg.fill_plan:
+            cat = self._catalogues.get(entry.name)
+            if cat is None or cat.items is None:
+                continue
+            for item in owned(cat.items, self._members, self.node.name, entry.copies):
+                task = Task(
+                    content_set=entry.name,
+                    priority=entry.priority,
+                    item=item,
+                    pinned=entry.pinned,
+                    copies=entry.copies,
+                    bucket=entry.source.bucket,
+                    piece_size=entry.piece_size_bytes,
+                )
+                held = tasks.get(item.key)
+                if held is None or task.order() < held.order():
+                    tasks[item.key] = task
+        self._tasks = ordered(tasks.values())
+        self._tasks_signature = signature
+        return True
+
+    async def _reconcile_pins(self) -> None:
+        wanted = {task.key: task for task in self._tasks}
+        unpinned = 0
+        for entry in self.store.entries():
+            task = wanted.get(entry.key)
+            if task is not None:
+                if entry.size == task.item.size:
+                    await self.store.set_placement(
+                        entry.key, pinned=task.pinned, content_set=task.content_set
+                    )
+            elif entry.meta.pinned or entry.meta.content_set is not None:
+                await self.store.set_placement(entry.key, pinned=False, content_set=None)
+                unpinned += 1
+        if unpinned:
+            self.metrics.unpinned.inc(unpinned)
+            log.info("prepos_unpinned", objects=unpinned)
+
+    def _stored(self, task: Task) -> Entry | None:
+        entry = self.store.peek(task.key)
+        if entry is None or entry.size != task.item.size:
+            return None
+        return entry
+
+    def _update_progress(self) -> None:
+        progress: dict[str, Progress] = {}
+        for entry in self.node.config.fill_plan:
+            cat = self._catalogues.get(entry.name)
+            if cat is not None and cat.items is not None:
+                progress[entry.name] = Progress()
+        for task in self._tasks:
+            p = progress.get(task.content_set)
+            if p is None:
+                continue
+            p.objects_total += 1
+            p.bytes_total += task.item.size
+            if self._stored(task) is not None:
+                p.objects_stored += 1
+                p.bytes_stored += task.item.size
+        self.progress = progress
+
+    def _dispatch(self, cfg: NodeConfig) -> None:
+        now = self.clock()
+        interval = windows.current(cfg.fill.window, now)
+        self.window_open = interval is not None or cfg.fill.allow_outside_window
+        self.window_id = interval.id if interval is not None else None
+        if not self.window_open:
+            return
+        window_id = self.window_id or f"outside-{now.date().isoformat()}"
+        self._window_key = window_id
+        self.budget_exhausted = False
+        mono = time.monotonic()
+        for task in self._tasks:
+            if len(self._running) >= cfg.fill.concurrency:
+                break
+            if task.key in self._running or self._stored(task) is not None:
+                continue
+            if self._failed_until.get(task.key, 0.0) > mono:
+                continue
+            if not self.budget.admits(window_id, task.item.size + self._running_bytes):
+                self.budget_exhausted = True
+                break
+            self._running_bytes += task.item.size
+            self._running[task.key] = asyncio.create_task(
+                self._fill(task, cfg), name=f"prepos:{task.key}"
+            )
+
+    # --- one fill ---------------------------------------------------------------------------
+
+    def _chain(self, task: Task, cfg: NodeConfig, origin: S3Origin) -> list[Upstream]:
+        def on_bytes(source: str, size: int) -> None:
+            self.budget.charge(self._window_key, size)
+            self._state_dirty = True
+            self.metrics.streamed.labels(source).inc(size)
+
+        def meter(upstream: Upstream) -> Upstream:
+            return Metered(upstream, self.bucket, self.partials, task.piece_size, on_bytes)
+
+        chain: list[Upstream] = []
+        peering = self.node.peering
+        if peering is not None and peering.session is not None and peering.secret is not None:
+            urls = {m.name: m.peer_url for m in cfg.peering.members}
+            for name in holders(
+                task.key, self.node.name, self._members, self._previous, task.copies
+            ):
+                if name in urls:
+                    peer = HolderPeer(name, urls[name], peering.session, peering.secret, peering.me)
+                    chain.append(meter(peer))
+        chain.append(meter(origin))
+        return chain
+
+    async def _fill(self, task: Task, cfg: NodeConfig) -> None:
+        source = "local"
+        try:
+            origin = await self._started_origin(task.bucket)
+            found = await self.loader.lookup(task.key, before=self._chain(task, cfg, origin))
+            if isinstance(found, Fill):
+                entry = await _wait(found)
+                source = found.source or "origin"
+            else:
+                entry = found
+            if entry.size != task.item.size:
+                log.warning(
+                    "prepos_size_mismatch",
+                    key=task.key,
+                    catalogue=task.item.size,
+                    origin=entry.size,
+                )
+                cat = self._catalogues.get(task.content_set)
+                if cat is not None:
+                    cat.resolved_at = 0.0
+            await self.store.set_placement(
+                task.key, pinned=task.pinned, content_set=task.content_set
+            )
+            self.partials.drop(task.key)
+            self.metrics.filled.labels(source).inc()
+        except FillFailedError as exc:
+            self._failed_until[task.key] = time.monotonic() + FAILURE_BACKOFF_SECONDS
+            self.metrics.filled.labels("failed").inc()
+            log.warning("prepos_fill_failed", key=task.key, error=str(exc))
+        except (UpstreamError, OSError) as exc:
+            self._failed_until[task.key] = time.monotonic() + FAILURE_BACKOFF_SECONDS
+            self.metrics.filled.labels("failed").inc()
+            log.warning("prepos_fill_failed", key=task.key, error=str(exc))
+        finally:
+            self._running.pop(task.key, None)
+            self._running_bytes -= task.item.size
+            self._wake.set()
+
+    # --- reporting --------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Pre-positioning fills in progress."""
+        return len(self._running)
+
+    def report(self) -> dict[str, Any]:
+        """Per-entry progress for ``/status`` (the fields the operator aggregates)."""
+        entries: dict[str, dict[str, Any]] = {}
+        for entry in self.node.config.fill_plan:
+            cat = self._catalogues.get(entry.name)
+            doc: dict[str, Any] = {}
+            progress = self.progress.get(entry.name)
+            if progress is not None:
+                doc.update(progress.as_status())
+            if cat is not None and cat.error is not None:
+                doc["error"] = cat.error
+            entries[entry.name] = doc
+        cfg = self.node.config
+        left = self.budget.remaining(self.window_id) if self.window_id else None
+        return {
+            "entries": entries,
+            "fill": {
+                "windowOpen": self.window_open,
+                "nextWindowStart": windows.next_open(cfg.fill.window, self.clock()).isoformat(),
+                "rateLimitBytesPerSecond": cfg.fill.rate_limit_bytes_per_second,
+                "budgetRemainingBytes": left,
+                "budgetExhausted": self.budget_exhausted,
+                "inProgress": len(self._running),
+            },
+        }
+
+
+async def _wait(fill: Fill) -> Entry:
+    """Wait for a loader fill to finish; its committed entry or its error."""
+    while not fill.done:
+        try:
+            _, _, epoch = await fill.wait_info()
+            written = 0
+            while not fill.done:
+                written = await fill.wait_bytes(written, epoch)
+        except FillFailedError:
+            if fill.done or fill.error is not None:
+                break
+    if fill.entry is None:
+        raise fill.error or FillFailedError(f"{fill.key}: fill ended without an object")
+    return fill.entry
+
+
+def extension(*, clock: Clock = utc_now, tick: float = 1.0) -> Callable[..., None]:
+    """An app extension (``create_apps(extensions=...)``) running pre-positioning.
+
+    Its cleanup context is appended after the node's resources, so it starts
+    once the store, loader and peering exist and stops before they close.
+    """
+
+    def install(app: web.Application, config: NodeConfig) -> None:
+        async def prepos_ctx(app: web.Application) -> AsyncIterator[None]:
+            node = app[NODE]
+            prepos = Prepositioner(node, clock=clock, tick=tick)
+            node.fill_report = prepos.report
+            prepos.start()
+            try:
+                yield
+            finally:
+                node.fill_report = None
+                await prepos.close()
+
+        app.cleanup_ctx.append(prepos_ctx)
+
+    return install
+
+
+install = extension()

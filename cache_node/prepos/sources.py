@@ -1,0 +1,273 @@
+"""The fill chain of a pre-positioned key: old owners by peer fill, then the origin.
+
+Every source is wrapped in :class:`Metered`, which does three things to the
+bytes that arrive from the network, chunk by chunk and before the loader
+writes them:
+
+* takes them from the node's shared :class:`~.throttle.TokenBucket` (the
+  rate cap covers every fill stream, peer and origin alike);
+* reports them (window budget, metrics);
+* tees them into the durable partial (:mod:`.partial`), so a restart resumes.
+
+On the first open of a key that has a verified partial from an earlier run,
+:class:`Metered` replays the partial from disk and asks its source only for
+the rest (``Range`` + ``If-Match``); a 412 drops the partial and the object
+is fetched whole.
+
+:class:`HolderPeer` asks a member that held the key before a membership
+change, with ``Cache-Control: only-if-cached`` (RFC 9111, 5.2.1.7): a member
+that does not hold it answers 504 at once instead of filling it from the
+origin on our behalf, which would cost an origin fetch the move should avoid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from cache_node.peering import MEMBER, OBJECTS_PATH
+from cache_node.prepos.partial import Partials, Recorder, Resume
+from cache_node.prepos.throttle import TokenBucket
+from cache_node.ranges import parse_http_date
+from cache_node.store import ObjectInfo
+from cache_node.upstream import (
+    Body,
+    ChangedError,
+    NotFoundError,
+    Opened,
+    Source,
+    Upstream,
+    UpstreamError,
+)
+
+LOCAL_CHUNK = 256 * 1024
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+OnBytes = Callable[[str, int], None]
+
+
+class _LocalBody:
+    """The verified prefix of a partial, read back from disk."""
+
+    def __init__(self, path: Path, end: int) -> None:
+        self._path = path
+        self._end = end
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        fd = await asyncio.to_thread(os.open, self._path, os.O_RDONLY)
+        try:
+            offset = 0
+            while offset < self._end:
+                chunk = await asyncio.to_thread(
+                    os.pread, fd, min(LOCAL_CHUNK, self._end - offset), offset
+                )
+                if not chunk:
+                    raise UpstreamError(f"partial {self._path} shrank under us")
+                offset += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    async def release(self) -> None:
+        return None
+
+
+class _MeteredBody:
+    def __init__(
+        self,
+        inner: Body | None,
+        prefix: _LocalBody | None,
+        bucket: TokenBucket,
+        on_bytes: OnBytes,
+        source: str,
+        recorder: Recorder | None,
+        size: int,
+    ) -> None:
+        self._inner = inner
+        self._prefix = prefix
+        self._bucket = bucket
+        self._on_bytes = on_bytes
+        self._source = source
+        self._recorder = recorder
+        self._size = size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._prefix is not None:
+            async for chunk in self._prefix.chunks():
+                yield chunk
+        if self._inner is not None:
+            async for chunk in self._inner.chunks():
+                await self._bucket.take(len(chunk))
+                self._on_bytes(self._source, len(chunk))
+                if self._recorder is not None:
+                    self._recorder.write(chunk)
+                yield chunk
+        if self._recorder is not None:
+            self._recorder.finish(self._size)
+
+    async def release(self) -> None:
+        try:
+            if self._inner is not None:
+                await self._inner.release()
+        finally:
+            if self._recorder is not None:
+                self._recorder.close()
+
+
+@dataclass
+class Metered:
+    """Wrap one source of one pre-positioning fill (see the module docstring)."""
+
+    inner: Upstream
+    bucket: TokenBucket
+    partials: Partials
+    piece_size: int
+    on_bytes: OnBytes
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def source(self) -> Source:
+        return self.inner.source
+
+    def _body(self, opened: Opened, recorder: Recorder | None, prefix: _LocalBody | None) -> Body:
+        return _MeteredBody(
+            opened.body, prefix, self.bucket, self.on_bytes, self.source, recorder, opened.info.size
+        )
+
+    async def open(self, key: str, start: int, if_match: str | None) -> Opened:
+        if start == 0 and if_match is None:
+            resume = await asyncio.to_thread(self.partials.load, key)
+            if resume is not None:
+                opened = await self._resume(key, resume)
+                if opened is not None:
+                    return opened
+            opened = await self.inner.open(key, 0, None)
+            recorder = await asyncio.to_thread(self.partials.begin, opened.info, self.piece_size)
+            return Opened(info=opened.info, start=0, body=self._body(opened, recorder, None))
+        # The loader resumes a body that broke off in this run: meter, do not record.
+        opened = await self.inner.open(key, start, if_match)
+        return Opened(info=opened.info, start=start, body=self._body(opened, None, None))
+
+    async def _resume(self, key: str, resume: Resume) -> Opened | None:
+        prefix = _LocalBody(resume.data_path, resume.verified_bytes)
+        if resume.verified_bytes >= resume.info.size:
+            body = _MeteredBody(
+                None, prefix, self.bucket, self.on_bytes, self.source, None, resume.info.size
+            )
+            return Opened(info=resume.info, start=0, body=body)
+        try:
+            opened = await self.inner.open(key, resume.verified_bytes, resume.info.etag)
+        except ChangedError:
+            self.partials.drop(key)  # the object changed: fetch it whole
+            return None
+        if opened.info.size != resume.info.size or opened.info.etag != resume.info.etag:
+            await opened.body.release()
+            self.partials.drop(key)
+            return None
+        recorder = await asyncio.to_thread(self.partials.resume, resume)
+        return Opened(info=resume.info, start=0, body=self._body(opened, recorder, prefix))
+
+
+class _PeerBody:
+    def __init__(self, resp: aiohttp.ClientResponse, name: str, key: str) -> None:
+        self._resp = resp
+        self._name = name
+        self._key = key
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_chunked(LOCAL_CHUNK):
+                yield chunk
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"{self._name}: body of {self._key} broke off: {exc}") from exc
+
+    async def release(self) -> None:
+        self._resp.close()
+
+
+@dataclass
+class HolderPeer:
+    """A member that held ``key`` before a membership change, asked only for what it holds."""
+
+    member: str
+    base_url: str
+    session: aiohttp.ClientSession
+    secret: bytes
+    me: str
+
+    @property
+    def name(self) -> str:
+        return f"member {self.member}"
+
+    @property
+    def source(self) -> Source:
+        return "peer"
+
+    async def open(self, key: str, start: int, if_match: str | None) -> Opened:
+        headers = {
+            "Authorization": "Bearer " + self.secret.decode(),
+            MEMBER: self.me,
+            "Cache-Control": "only-if-cached",
+        }
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        if if_match:
+            headers["If-Match"] = if_match
+        url = self.base_url.rstrip("/") + OBJECTS_PATH + urllib.parse.quote(key)
+        try:
+            resp = await self.session.get(url, headers=headers)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"{self.name}: unreachable: {exc}") from exc
+        try:
+            if resp.status in (404, 504):
+                raise NotFoundError(f"{self.name}: does not hold {key}")
+            if resp.status == 412:
+                raise ChangedError(f"{self.name}: {key} changed")
+            if resp.status not in (200, 206):
+                raise UpstreamError(f"{self.name}: answered {resp.status} for {key}")
+            info, body_start = info_from_headers(key, resp.status, resp.headers)
+            if body_start != start:
+                raise UpstreamError(f"{self.name}: asked from {start}, got from {body_start}")
+        except BaseException:
+            resp.close()
+            raise
+        return Opened(info=info, start=start, body=_PeerBody(resp, self.name, key))
+
+
+def info_from_headers(key: str, status: int, headers: Mapping[str, str]) -> tuple[ObjectInfo, int]:
+    """Validators and the body's first byte from a member's 200/206 response headers."""
+    get = headers.get
+    etag = get("ETag")
+    if not etag:
+        raise UpstreamError(f"peer sent {key} without an ETag")
+    if status == 206:
+        match = _CONTENT_RANGE.match(get("Content-Range") or "")
+        if not match:
+            raise UpstreamError(f"peer sent an unusable Content-Range for {key}")
+        start, size = int(match.group(1)), int(match.group(3))
+    else:
+        length = get("Content-Length")
+        if length is None or not str(length).isdigit():
+            raise UpstreamError(f"peer sent {key} without a Content-Length")
+        start, size = 0, int(length)
+    modified = parse_http_date(get("Last-Modified") or "") or datetime.now(UTC)
+    info = ObjectInfo(
+        key=key,
+        size=size,
+        etag=str(etag),
+        last_modified=modified.timestamp(),
+        content_type=get("Content-Type") or "application/octet-stream",
+        cache_control=get("Cache-Control"),
+    )
+    return info, start

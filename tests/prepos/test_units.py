@@ -1,0 +1,224 @@
+"""Unit tests: manifests, ownership and order, the token bucket, budgets, partials."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cache_node.prepos.catalogue import CatalogueError, Item, parse_manifest
+from cache_node.prepos.partial import Partials
+from cache_node.prepos.plan import Task, holders, ordered, owned, owns
+from cache_node.prepos.throttle import TokenBucket, WindowBudget
+from cache_node.ring import owners
+from cache_node.store import ObjectInfo
+from edgefill_devenv.catalogue import generate, manifest
+
+# --- manifests -------------------------------------------------------------------------------
+
+
+def test_manifest_roundtrip_jsonl_and_csv_from_the_devenv_publisher() -> None:
+    entries = generate(40)
+    expected = sorted((Item(e.key, e.size, e.rank) for e in entries), key=lambda i: i.rank)
+    assert parse_manifest(manifest(entries, "jsonl"), "m/cat.jsonl") == expected
+    assert parse_manifest(manifest(entries, "csv"), "m/cat.csv") == expected
+
+
+def test_manifest_without_rank_uses_line_order_and_dedupes() -> None:
+    raw = (
+        b'{"key": "b", "size": 2}\n\n{"key": "a", "size": 1}\n{"key": "b", "size": 2, "rank": 9}\n'
+    )
+    assert parse_manifest(raw, "x.jsonl") == [Item("b", 2, 1), Item("a", 1, 2)]
+    assert parse_manifest(b"/lead/slash.bin,10\nz,3,\n", "x.csv") == [
+        Item("lead/slash.bin", 10, 1),
+        Item("z", 3, 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "name", "message"),
+    [
+        (b'{"key": "a"}\n', "m.jsonl", "line 1: needs both 'key' and 'size'"),
+        (b'{"key": "a", "size": 1}\nnot json\n', "m.jsonl", "line 2: not JSON"),
+        (b'["a", 1]\n', "m.jsonl", "expected an object"),
+        (b'{"key": "a", "size": -1}\n', "m.jsonl", "size must not be negative"),
+        (b'{"key": "a", "size": true}\n', "m.jsonl", "size must be an integer"),
+        (b'{"key": "", "size": 1}\n', "m.jsonl", "key must be a non-empty string"),
+        (b"key,size\na,1,2,3\n", "m.csv", r"line 2: expected key,size\[,rank\]"),
+        (b"a,big\n", "m.csv", "size must be an integer"),
+        (b"a,1,first\n", "m.csv", "rank must be an integer"),
+        (b"\xff\xfe", "m.csv", "not UTF-8"),
+    ],
+)
+def test_bad_manifests_name_the_line_and_the_fault(raw: bytes, name: str, message: str) -> None:
+    with pytest.raises(CatalogueError, match=message):
+        parse_manifest(raw, name)
+
+
+# --- ownership, holders, order -----------------------------------------------------------------
+
+
+def test_every_key_has_exactly_copies_owners() -> None:
+    members = ["cache-0", "cache-1", "cache-2"]
+    items = [Item(f"k/{i}", 1, i) for i in range(300)]
+    for copies in (1, 2, 3):
+        count: Counter[str] = Counter()
+        for me in members:
+            count.update(i.key for i in owned(items, members, me, copies))
+        assert set(count.values()) == {copies}
+        assert len(count) == len(items)
+
+
+def test_join_moves_about_a_quarter_and_only_to_the_new_member() -> None:
+    before = ["cache-0", "cache-1", "cache-2"]
+    after = [*before, "cache-3"]
+    keys = [f"obj/{i}" for i in range(4000)]
+    moved = [k for k in keys if owners(k, before, 1) != owners(k, after, 1)]
+    assert all(owners(k, after, 1) == ["cache-3"] for k in moved)
+    assert 0.20 <= len(moved) / len(keys) <= 0.30
+    # The new owner's holders are exactly the old owners of what it takes over.
+    for key in moved:
+        assert holders(key, "cache-3", after, after, 1) == owners(key, before, 1)
+
+
+def test_holders_skip_current_co_owners_so_first_fills_use_the_origin() -> None:
+    members = ["a", "b", "c"]
+    for i in range(200):
+        key = f"k{i}"
+        for me in owners(key, members, 2):
+            # Before any membership change the only holder candidate is a non-owner.
+            assert set(holders(key, me, members, members, 2)).isdisjoint(owners(key, members, 2))
+
+
+def test_holders_include_a_departed_member_from_the_previous_membership() -> None:
+    before = ["a", "b", "c", "d"]
+    after = ["a", "b", "c"]
+    key = next(k for k in (f"k{i}" for i in range(1000)) if owners(k, before, 1) == ["d"])
+    new_owner = owners(key, after, 1)[0]
+    assert "d" in holders(key, new_owner, after, before, 1)
+
+
+def test_single_node_without_members_owns_everything_and_outsider_nothing() -> None:
+    assert owns("x", [], "me", 1)
+    assert not owns("x", ["a", "b"], "me", 1)
+
+
+def test_fill_order_priority_then_rank_then_key() -> None:
+    tasks = [
+        Task("ns/low", 10, Item("a", 1, 1)),
+        Task("ns/high", 500, Item("z", 1, 3)),
+        Task("ns/high", 500, Item("y", 1, 2)),
+        Task("ns/high", 500, Item("x", 1, 2)),
+    ]
+    assert [t.key for t in ordered(tasks)] == ["x", "y", "z", "a"]
+
+
+# --- token bucket and budget --------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def test_token_bucket_holds_the_average_rate_across_streams() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1000, burst=100, clock=clock, sleep=clock.sleep)
+    for _ in range(50):  # several "streams" interleaved; each takes 64-byte chunks
+        await bucket.take(64)
+        await bucket.take(64)
+    sent = 100 * 64
+    # Bytes beyond the burst need (sent - burst) / rate seconds, and no more.
+    assert clock.now == pytest.approx((sent - 100) / 1000)
+
+
+async def test_token_bucket_refills_up_to_the_burst_only() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1000, burst=500, clock=clock, sleep=clock.sleep)
+    clock.now = 100.0  # idle for a long time: at most the burst is banked
+    assert bucket.debit(500) == 0
+    assert bucket.debit(100) == pytest.approx(0.1)
+    bucket.set_rate(2000, burst=500)
+    assert bucket.rate == 2000
+    with pytest.raises(ValueError, match="positive"):
+        bucket.set_rate(0)
+
+
+def test_window_budget_admits_whole_objects_and_resets_per_window() -> None:
+    budget = WindowBudget(1000)
+    assert budget.admits("w1", 1000)
+    budget.charge("w1", 700)
+    assert not budget.admits("w1", 301)
+    assert budget.admits("w1", 300)
+    assert budget.remaining("w1") == 300
+    assert budget.remaining("w2") == 1000
+    for i in range(5):
+        budget.charge(f"w{i + 3}", 1)
+    assert len(budget.used) <= 2
+    assert WindowBudget(None).admits("w", 10**15)
+
+
+# --- partials ----------------------------------------------------------------------------------
+
+
+def _info(key: str, data: bytes, etag: str = '"e1"') -> ObjectInfo:
+    return ObjectInfo(key=key, size=len(data), etag=etag, last_modified=0.0)
+
+
+def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -> None:
+    partials = Partials(tmp_path / "partial")
+    data = bytes(range(256)) * 40  # 10240 bytes, pieces of 1024
+    rec = partials.begin(_info("a/b", data), 1024)
+    rec.write(data[:3000])  # pieces 0 and 1 complete, piece 2 in flight
+    rec.close()
+    resume = partials.load("a/b")
+    assert resume is not None
+    assert resume.verified_bytes == 2048
+    assert resume.info.etag == '"e1"'
+    # Continue, finish, and the whole object verifies.
+    rec = partials.resume(resume)
+    rec.write(data[2048:])
+    rec.finish(len(data))
+    rec.close()
+    done = partials.load("a/b")
+    assert done is not None
+    assert done.verified_bytes == len(data)
+    assert partials.keys() == ["a/b"]
+    partials.drop("a/b")
+    assert partials.load("a/b") is None
+    assert partials.keys() == []
+
+
+def test_partial_with_a_corrupt_piece_keeps_only_the_prefix_before_it(tmp_path: Path) -> None:
+    partials = Partials(tmp_path / "partial")
+    data = b"x" * 4096
+    rec = partials.begin(_info("k", data), 1024)
+    rec.write(data)
+    rec.finish(len(data))
+    rec.close()
+    part = tmp_path / "partial" / (hashlib.sha256(b"k").hexdigest() + ".part")
+    raw = bytearray(part.read_bytes())
+    raw[1500] ^= 0xFF  # damage piece 1
+    part.write_bytes(bytes(raw))
+    resume = partials.load("k")
+    assert resume is not None
+    assert resume.verified_bytes == 1024
+
+
+def test_unreadable_partial_is_dropped(tmp_path: Path) -> None:
+    partials = Partials(tmp_path / "partial")
+    (tmp_path / "partial").mkdir()
+    journal = tmp_path / "partial" / (hashlib.sha256(b"k").hexdigest() + ".journal")
+    journal.write_bytes(b"{not json\n")
+    assert partials.load("k") is None
+    assert not journal.exists()
