@@ -9,6 +9,7 @@ does not hit the store for unknown swarms.
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,40 @@ def signing_key_file(tmp_path: Path) -> Path:
     return path
 
 
+CLIENTS_JS = Path(__file__).resolve().parents[2] / "clients" / "js"
+
+PEER_PAGE = """<!doctype html><meta charset="utf-8"><title>edgefill peer</title>
+<script type="module">
+import { PeerAssist } from '/clients/edgefill-peer.mjs'
+window.PeerAssist = PeerAssist
+window.ready = true
+</script>"""
+
+
+async def _peer_page(request: web.Request) -> web.Response:
+    return web.Response(text=PEER_PAGE, content_type="text/html")
+
+
+def _object_view(objects: dict[str, bytes]) -> Callable[[web.Request], Any]:
+    async def view(request: web.Request) -> web.Response:
+        data = objects.get(request.match_info["key"])
+        if data is None:
+            raise web.HTTPNotFound()
+        rng = request.http_range
+        if rng.start is None and rng.stop is None:
+            return web.Response(body=data, content_type="application/octet-stream")
+        start = rng.start or 0
+        stop = min(rng.stop if rng.stop is not None else len(data), len(data))
+        return web.Response(
+            status=206,
+            body=data[start:stop],
+            content_type="application/octet-stream",
+            headers={"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"},
+        )
+
+    return view
+
+
 @dataclass
 class LiveTracker:
     url: str
@@ -107,16 +142,25 @@ async def live_tracker(signing_key_file: Path) -> AsyncIterator[Callable[..., An
         tracker_cfg.setdefault("manifestKeyFile", str(signing_key_file))
         config = make_config(tracker=tracker_cfg, **config_args)
         hashes = MemoryHashes(objects)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:  # the web seed URL needs the port up front
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+        bracket = f"[{host}]" if ":" in host else host
+        base = f"http://{bracket}:{port}"
         app = web.Application()
-        register(app, config, hashes=hashes, node_name="node-0", web_seed_url="http://127.0.0.1/")
+        register(app, config, hashes=hashes, node_name="node-0", web_seed_url=f"{base}/objects/")
+        # Test-only stand-ins for the rest of the cache node: the web seed (Range
+        # reads of the same bytes) and the client helper modules for browser pages.
+        app.router.add_get("/objects/{key:.+}", _object_view(objects))
+        app.router.add_static("/clients/", CLIENTS_JS)
+        app.router.add_get("/_test/peer.html", _peer_page)
         runner = web.AppRunner(app, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, host, 0)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         runners.append(runner)
-        port = runner.addresses[0][1]
-        bracket = f"[{host}]" if ":" in host else host
-        return LiveTracker(f"http://{bracket}:{port}", port, app[TRACKER], hashes)
+        return LiveTracker(base, port, app[TRACKER], hashes)
 
     yield start
     for runner in runners:
