@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from edgefill_devenv.catalogue import CatalogueObject, object_bytes, seed_bucket
+from edgefill_devenv.catalogue import CatalogueObject, generate, object_bytes, seed_bucket
 from edgefill_devenv.s3 import free_port
 from edgefill_operator.nodes import HttpPoller, NodeAddress
 from edgefill_operator.planning import fill_plan
@@ -46,13 +46,19 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 def test_operator_reads_what_a_real_node_reports(
     s3_server: Any, edge_example: Any, tmp_path: Path
 ) -> None:
-    key = "vod/title-0001/360p/seg-00000.m4s"
+    key = "adhoc/seg-00000.m4s"
     seed_bucket(s3_server.endpoint_url, "catalogue", [CatalogueObject(key, 300 * 1024, 1)])
+    # The popular-titles ContentSet's manifest: six small segments to pre-position.
+    planned = generate(6)
+    seed_bucket(
+        s3_server.endpoint_url, "catalogue", planned, manifest_key="manifests/popular.jsonl"
+    )
 
     site = edge_example("EdgeSite", "beta-west")
     site["spec"]["tokens"] = {"enabled": False}
     site["spec"]["origin"]["endpoint"] = s3_server.endpoint_url
     site["spec"]["replicas"] = 1
+    site["spec"]["fill"]["allowOutsideWindow"] = True  # fill now, whatever the clock says
     sets = [edge_example("ContentSet", n) for n in ("popular-titles", "series-launch")]
     plan = fill_plan(site, sets)
     doc = node_config(SiteInputs(site=site, fill_plan=plan))
@@ -62,6 +68,9 @@ def test_operator_reads_what_a_real_node_reports(
     (creds / "accessKeyId").write_text("edgefill-test")
     (creds / "secretAccessKey").write_text("edgefill-test-secret")
     doc["origin"]["credentialsDir"] = str(creds)
+    peer_secret = tmp_path / "peer-secret"
+    peer_secret.write_text("6d2f9b1e0c4a47d3a8e5b7c1d9f0e2a3")
+    doc["peering"]["secretFile"] = str(peer_secret)
     config = tmp_path / "node.json"
     config.write_text(json.dumps(doc))
 
@@ -105,12 +114,25 @@ def test_operator_reads_what_a_real_node_reports(
         assert report.requests["hit"] == 1
         assert report.bytes_cached >= 300 * 1024
 
-        fields = site_status_fields(aggregate_site(reports, 1, [e["name"] for e in plan]))
+        plan_names = [e["name"] for e in plan]
+        fields = site_status_fields(aggregate_site(reports, 1, plan_names))
         assert fields["nodesReporting"] == 1
         assert fields["traffic"]["offloadPercent"] == "50%"
-        # Progress appears only once the node reports totals per fill-plan entry.
-        if "fill" in fields:
-            assert {e["name"] for e in fields["fill"]["contentSets"]} == {e["name"] for e in plan}
+
+        # The node pre-positions the manifest's objects; the aggregate reaches 100%.
+        deadline = time.monotonic() + 90
+        while True:
+            reports = HttpPoller().poll([NodeAddress("beta-west-cache-0", HOST, metrics)])
+            fields = site_status_fields(aggregate_site(reports, 1, plan_names))
+            fill = fields.get("fill") or {}
+            if fill.get("percent") == "100%" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert fill.get("percent") == "100%", fields
+        rows = {r["name"]: r for r in fill["contentSets"]}
+        popular = rows["edge/popular-titles"]
+        assert popular["objectsTotal"] == popular["objectsDone"] == len(planned)
+        assert popular["bytesTotal"] == sum(e.size for e in planned)
     finally:
         proc.terminate()
         try:
