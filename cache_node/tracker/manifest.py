@@ -3,7 +3,9 @@
 Pieces arrive from other end users, so a client must be able to check every
 piece against hashes it got from someone it trusts. The manifest lists the
 SHA-256 of each piece (the store's own pieces), the object's size, piece size
-and ETag, the swarm's info-hash and the web seed URL.
+and ETag, the swarm's info-hash, the web seed URL (BEP 19 ``urlList``) and the
+trackers to announce to (``announce`` and BEP 12 ``announceList`` tiers: the
+swarm's owner first, then the next member by the same rendezvous ranking).
 
 Why Ed25519 and not HMAC: with HMAC, whoever can verify can also forge, so the
 verification key would have to be a secret shared with every player. With
@@ -141,8 +143,10 @@ class ManifestSigner:
         *,
         web_seed: str,
         site: str,
+        announce: list[list[str]] | None = None,
         issued_at: int | None = None,
     ) -> dict[str, str]:
+        tiers = announce or []
         body = {
             "version": MANIFEST_VERSION,
             "site": site,
@@ -154,6 +158,8 @@ class ManifestSigner:
             "pieces": [h.hex() for h in info.sha256],
             "infoHash": swarm_id(key, info.etag).hex(),
             "urlList": [web_seed],
+            "announce": tiers[0][0] if tiers else None,
+            "announceList": tiers,
             "issuedAt": int(time.time()) if issued_at is None else issued_at,
         }
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,15 @@ class RejectedError(Exception):
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+
+
+class RedirectError(Exception):
+    """This swarm lives on another member: send the client there (HTTP 307)."""
+
+    def __init__(self, base: str, key: str) -> None:
+        super().__init__(base)
+        self.base = base
+        self.key = key
 
 
 class TokenGate(Protocol):
@@ -270,7 +280,11 @@ class TrackerService:
         return key
 
     def owner_url(self, key: str) -> str | None:
-        """Client base URL of the member owning ``key``'s swarm, when that is not us."""
+        """Client base URL of the member owning ``key``'s swarm, when that is not us.
+
+        Swarms live where their object lives (the same HRW ranking as content),
+        so a site's tracker load spreads over its members like its bytes do.
+        """
         urls = self.config.member_client_urls
         if not urls or not self.members:
             return None
@@ -278,6 +292,29 @@ class TrackerService:
         if owner is None or owner == self.node_name:
             return None
         return urls.get(owner)
+
+    def tracker_bases(self, key: str) -> list[str]:
+        """Client base URLs to announce ``key`` to: its owner, then the next-ranked member.
+
+        Without configured member URLs, this node's own origin (where the web
+        seed is) is the tracker.
+        """
+        urls = self.config.member_client_urls
+        if urls and self.members:
+            ranked = [urls[m].rstrip("/") for m in hrw.rank(key, self.members) if m in urls]
+            if ranked:
+                return ranked[:2]
+        parts = urllib.parse.urlsplit(self.web_seed_url)
+        return [f"{parts.scheme}://{parts.netloc}"]
+
+    def announce_urls(self, key: str) -> list[list[str]]:
+        """BEP 12 announce-list tiers: [[ws, http] of the owner], [[ws, http] of the fallback]."""
+        query = urllib.parse.urlencode({"object": key})
+        tiers = []
+        for base in self.tracker_bases(key):
+            ws = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
+            tiers.append([f"{ws}/announce?{query}", f"{base}/announce?{query}"])
+        return tiers
 
     def numwant(self, asked: int | None) -> int:
         if asked is None or asked < 0:
@@ -320,6 +357,9 @@ class TrackerService:
         self.admit(addr)
         hints = [ann.key_hint] if ann.key_hint else []
         key = await self.resolve(ann.info_hash, hints, ann.token)
+        owner = self.owner_url(key)
+        if owner is not None:
+            raise RedirectError(owner.rstrip("/"), key)
         req = AnnounceRequest(
             info_hash=ann.info_hash,
             peer_id=ann.peer_id,
@@ -546,7 +586,13 @@ class TrackerService:
             raise self._reject(404, "unknown_object", "this site serves no such object")
         self.index.add(swarm_id(key, info.etag), key)
         metrics.MANIFESTS.inc()
-        return self.signer.sign(key, info, web_seed=self.web_seed_url + key, site=self.site)
+        return self.signer.sign(
+            key,
+            info,
+            web_seed=self.web_seed_url + urllib.parse.quote(key),
+            site=self.site,
+            announce=self.announce_urls(key),
+        )
 
     def public_keys(self) -> dict[str, list[dict[str, str]]]:
         keys = [self.signer.public_jwk()] if self.signer else []

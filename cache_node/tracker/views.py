@@ -24,7 +24,13 @@ from aiohttp import WSMsgType, web
 from cache_node import objkeys
 from cache_node.tracker import bencode
 from cache_node.tracker.addresses import IPAddress
-from cache_node.tracker.service import HttpAnnounce, RejectedError, TrackerService, WsPeerSession
+from cache_node.tracker.service import (
+    HttpAnnounce,
+    RedirectError,
+    RejectedError,
+    TrackerService,
+    WsPeerSession,
+)
 from cache_node.tracker.swarms import Event
 
 log = structlog.get_logger("edgefill.tracker")
@@ -162,13 +168,12 @@ async def announce(request: web.Request) -> web.StreamResponse:
         addr = _source(service, request)
         pairs = _query(request)
         ann = parse_announce(service, request, pairs)
-        if ann.key_hint:
-            owner = service.owner_url(ann.key_hint)
-            if owner:
-                raise web.HTTPTemporaryRedirect(
-                    owner.rstrip("/") + "/announce?" + request.rel_url.raw_query_string
-                )
         body = await service.http_announce(ann, addr)
+    except RedirectError as moved:
+        query = request.rel_url.raw_query_string
+        if ann.key_hint is None:  # the owner may not know the info-hash yet: name the object
+            query += "&" + urllib.parse.urlencode({OBJECT_PARAM: moved.key})
+        raise web.HTTPTemporaryRedirect(f"{moved.base}/announce?{query}") from None
     except RejectedError as exc:
         return _failure(exc)
     return web.Response(body=body, content_type="text/plain")

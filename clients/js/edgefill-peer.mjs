@@ -51,10 +51,12 @@ export class PeerAssist {
   async start () {
     this.manifest = await fetchManifest(this.base, this.key, { token: this.token, keys: this.keys })
     this.infoHash = hexToBinary(this.manifest.infoHash)
-    const wsBase = this.base.replace(/^http/, 'ws')
-    const params = new URLSearchParams({ object: this.key })
-    if (this.token) params.set('token', this.token)
-    this.ws = new WebSocket(`${wsBase}/announce?${params}`)
+    // The manifest names the swarm's owner node first; fall back to the node we asked.
+    const announce = new URL(
+      this.manifest.announce || `${this.base.replace(/^http/, 'ws')}/announce?object=${encodeURIComponent(this.key)}`
+    )
+    if (this.token) announce.searchParams.set('token', this.token)
+    this.ws = new WebSocket(announce.href)
     await new Promise((resolve, reject) => {
       this.ws.onopen = resolve
       this.ws.onerror = () => reject(new Error('tracker socket failed'))

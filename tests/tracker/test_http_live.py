@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
+from cache_node.tracker import hrw
 from cache_node.tracker.addresses import parse_compact
 from cache_node.tracker.bencode import decode
 from cache_node.tracker.manifest import b64url_decode, verify_manifest, verify_piece
@@ -193,17 +194,34 @@ async def test_ipv6_peers_come_back_in_peers6(live_tracker: Any) -> None:
     assert [(str(a), p) for a, p in peers] == [("::1", 6001)]
 
 
-async def test_swarm_owner_redirect(live_tracker: Any) -> None:
+async def test_swarms_live_on_their_owner(live_tracker: Any) -> None:
+    """Manifests point at the swarm's owner (then the next member); other nodes redirect."""
     members = [{"name": f"node-{i}", "peerUrl": f"http://node-{i}:8081"} for i in range(4)]
-    urls = {m["name"]: f"http://{m['name']}.edge.example" for m in members}
-    t = await live_tracker({KEY: DATA}, members=members, tracker={"memberClientUrls": urls})
-    from cache_node.tracker import hrw
-
-    owner = hrw.owner(KEY, [m["name"] for m in members])
-    ih = bytes.fromhex((await manifest_of(t.url))["infoHash"])
-    status, _, headers = await get(announce_url(t.url, ih, 1, 6001, object=KEY))
-    if owner == "node-0":
-        assert status == 200
-    else:
-        assert status == 307
-        assert headers["Location"].startswith(urls[owner] + "/announce?")
+    urls = {m["name"]: f"https://{m['name']}.edge.example" for m in members}
+    # pick an object this node (node-0) does not own, and one it owns
+    names = [m["name"] for m in members]
+    foreign = next(
+        f"vod/x{i}.ts" for i in range(100) if hrw.owner(f"vod/x{i}.ts", names) != "node-0"
+    )
+    local = next(f"vod/x{i}.ts" for i in range(100) if hrw.owner(f"vod/x{i}.ts", names) == "node-0")
+    objects = {foreign: DATA, local: DATA}
+    t = await live_tracker(objects, members=members, tracker={"memberClientUrls": urls})
+    body = await manifest_of(t.url, foreign)
+    owner, fallback = hrw.rank(foreign, names)[:2]
+    query = urllib.parse.urlencode({"object": foreign})
+    assert body["announceList"] == [
+        [f"wss://{owner}.edge.example/announce?{query}", f"{urls[owner]}/announce?{query}"],
+        [f"wss://{fallback}.edge.example/announce?{query}", f"{urls[fallback]}/announce?{query}"],
+    ]
+    assert body["announce"] == body["announceList"][0][0]
+    ih = bytes.fromhex(body["infoHash"])
+    status, _, headers = await get(announce_url(t.url, ih, 1, 6001))  # known from the manifest
+    assert status == 307
+    location = headers["Location"]
+    assert location.startswith(f"{urls[owner]}/announce?")
+    redirected = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+    assert redirected["object"] == [foreign]
+    assert t.service.registry.get(ih) is None  # nothing stored on the non-owner
+    ih_local = bytes.fromhex((await manifest_of(t.url, local))["infoHash"])
+    status, _, _ = await get(announce_url(t.url, ih_local, 1, 6001))
+    assert status == 200
