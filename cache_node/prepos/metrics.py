@@ -99,4 +99,18 @@ class PreposMetrics:
             "Failed resolutions of a ContentSet source (listing or manifest).",
             registry=registry,
         )
-        registry.register(_ProgressCollector(prepos))
+        self._registry = registry
+        self._collectors: list[Collector] = [
+            self.streamed,
+            self.filled,
+            self.invalidations,
+            self.unpinned,
+            self.catalogue_errors,
+            _ProgressCollector(prepos),
+        ]
+        registry.register(self._collectors[-1])
+
+    def unregister(self) -> None:
+        """Leave the node's registry (a new scheduler on the same node registers afresh)."""
+        for collector in self._collectors:
+            self._registry.unregister(collector)

@@ -174,6 +174,7 @@ class Prepositioner:
         self.window_id: str | None = None
         self.budget_exhausted = False
         self._window_key = ""
+        self._closed = False
         self.metrics = PreposMetrics(node.metrics.registry, self)  # last: it reads the above
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -182,6 +183,9 @@ class Prepositioner:
         self._loop_task = asyncio.create_task(self._run(), name="prepos")
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -197,6 +201,7 @@ class Prepositioner:
         self._origins.clear()
         if self._state_dirty:
             self.state.save(self._state_path)
+        self.metrics.unregister()
 
     async def _run(self) -> None:
         while True:

@@ -43,10 +43,11 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EDGEFILL_S3_ENDPOINT", raising=False)
 
 
-def s3_client(server: S3Server) -> Any:
+def s3_client(server: S3Server | str) -> Any:
+    """A boto3 client for the S3 test server (or any endpoint URL)."""
     return boto3.client(
         "s3",
-        endpoint_url=server.endpoint_url,
+        endpoint_url=server if isinstance(server, str) else server.endpoint_url,
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
         region_name=REGION,

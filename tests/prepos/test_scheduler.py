@@ -1,0 +1,324 @@
+"""Pre-positioning inside one live node, stepped by hand with an injected clock.
+
+The node's resources (store, loader, peering) run for real through the app's
+cleanup context; the origin is the S3 test server behind the counting proxy.
+The test drives :meth:`Prepositioner.step` itself, so window, budget, pins,
+invalidations and resumes are checked step by step, not by waiting for time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from cache_node.app import create_apps
+from cache_node.config import NodeConfig
+from cache_node.node import Node
+from cache_node.ops import status_document
+from cache_node.prepos.partial import Partials
+from cache_node.prepos.scheduler import Prepositioner
+from cache_node.store import ObjectInfo
+from edgefill_devenv.catalogue import object_bytes
+from edgefill_devenv.origin_proxy import OriginProxy
+from edgefill_devenv.s3 import S3Server
+
+from .conftest import PIECE, KiB, s3_client, seed
+
+pytestmark = pytest.mark.integration
+
+SET = "media/set"
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _config(
+    store: Path, endpoint: str, bucket: str, fill: dict[str, Any], **entry: Any
+) -> NodeConfig:
+    return NodeConfig.model_validate(
+        {
+            "site": {"namespace": "edge", "name": "one"},
+            "listen": {"host": "127.0.0.1"},
+            "store": {"path": str(store), "maxBytes": 64 * 1024 * KiB, "pieceSizeBytes": PIECE},
+            "origin": {
+                "endpointUrl": endpoint,
+                "bucket": bucket,
+                "connectTimeoutSeconds": 2,
+                "readTimeoutSeconds": 5,
+                "totalDeadlineSeconds": 30,
+            },
+            "fill": fill,
+            "fillPlan": [
+                {
+                    "name": SET,
+                    "generation": 1,
+                    "source": {"bucket": bucket, "prefixes": ["set/"]},
+                    "pieceSizeBytes": PIECE,
+                    **entry,
+                }
+            ],
+            "tokens": {"enabled": False},
+            "tracker": {"enabled": False},
+        }
+    )
+
+
+@asynccontextmanager
+async def running_node(config: NodeConfig) -> AsyncIterator[tuple[Node, str]]:
+    apps = create_apps(config, "cache-0")
+    runner = web.AppRunner(apps.client, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        for _ in range(500):
+            if apps.node.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert apps.node.ready
+        yield apps.node, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def settle(prepos: Prepositioner, steps: int = 2000) -> None:
+    """Step until no fill runs and a step starts none (bounded by steps, not by time)."""
+    for _ in range(steps):
+        await prepos.step()
+        if not prepos.active:
+            await prepos.step()
+            if not prepos.active:
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError("pre-positioning never settled")
+
+
+def _entry(node: Node) -> dict[str, Any]:
+    doc = status_document(node)
+    entries = {e["name"]: e for e in doc["fillPlan"]}
+    result: dict[str, Any] = entries[SET]
+    return result
+
+
+SIZES = {f"set/obj-{i:02d}.bin": 8 * KiB + i * 1000 for i in range(12)}
+TOTAL = sum(SIZES.values())
+
+
+@pytest.fixture
+async def origin(s3_server: S3Server) -> AsyncIterator[tuple[OriginProxy, str]]:
+    bucket = seed(s3_server, SIZES)
+    async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
+        yield proxy, bucket
+
+
+def _object_gets(proxy: OriginProxy) -> int:
+    return sum(proxy.object_gets(k) for k in SIZES)
+
+
+WINDOW = {"start": "02:00", "durationSeconds": 3600, "timeZone": "Europe/Berlin"}
+
+
+async def test_closed_window_defers_and_opening_it_fills(
+    origin: tuple[OriginProxy, str], tmp_path: Path
+) -> None:
+    proxy, bucket = origin
+    clock = Clock(datetime(2026, 1, 15, 0, 0, tzinfo=UTC))  # 01:00 in Berlin: closed
+    cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, {"window": WINDOW})
+    async with running_node(cfg) as (node, _):
+        prepos = Prepositioner(node, clock=clock)
+        node.fill_report = prepos.report
+        try:
+            for _ in range(5):
+                await prepos.step()
+            entry = _entry(node)
+            # The catalogue is resolved (totals known), nothing is fetched.
+            assert entry["objectsTotal"] == len(SIZES)
+            assert entry["bytesTotal"] == TOTAL
+            assert entry["objectsPending"] == len(SIZES)
+            assert _object_gets(proxy) == 0
+            fill = status_document(node)["fill"]
+            assert fill["windowOpen"] is False
+            assert fill["nextWindowStart"] == "2026-01-15T01:00:00+00:00"
+
+            clock.now = datetime(2026, 1, 15, 1, 30, tzinfo=UTC)  # 02:30 in Berlin: open
+            await settle(prepos)
+            entry = _entry(node)
+            assert entry["objectsPending"] == 0
+            assert entry["bytesStored"] == TOTAL
+            assert _object_gets(proxy) == len(SIZES)
+            assert node.store is not None
+            for key, size in SIZES.items():
+                stored = node.store.peek(key)
+                assert stored is not None
+                assert stored.meta.pinned
+                assert stored.meta.content_set == SET
+                assert stored.data_path.read_bytes() == object_bytes(key, size)
+        finally:
+            await prepos.close()
+
+
+async def test_budget_per_window_stops_the_fill_and_the_next_window_continues(
+    origin: tuple[OriginProxy, str], tmp_path: Path
+) -> None:
+    proxy, bucket = origin
+    clock = Clock(datetime(2026, 1, 15, 1, 30, tzinfo=UTC))
+    budget = TOTAL * 6 // 10  # the rest (at most 40% plus one object) fits the next night
+    fill = {"window": WINDOW, "budgetBytesPerWindow": budget, "concurrency": 3}
+    cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, fill)
+    async with running_node(cfg) as (node, _):
+        prepos = Prepositioner(node, clock=clock)
+        node.fill_report = prepos.report
+        try:
+            await settle(prepos)
+            first = _entry(node)
+            assert 0 < first["bytesStored"] <= budget
+            assert first["objectsPending"] > 0
+            assert status_document(node)["fill"]["budgetExhausted"] is True
+            assert sum(proxy.body_bytes[k] for k in SIZES) <= budget
+            clock.now += timedelta(days=1)  # the next night's window: a fresh budget
+            await settle(prepos)
+            assert _entry(node)["objectsPending"] == 0
+        finally:
+            await prepos.close()
+
+
+async def test_unpin_on_plan_removal_and_invalidation_once_per_id(
+    origin: tuple[OriginProxy, str], tmp_path: Path
+) -> None:
+    proxy, bucket = origin
+    clock = Clock(datetime(2026, 1, 15, 1, 30, tzinfo=UTC))
+    cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, {"allowOutsideWindow": True})
+    async with running_node(cfg) as (node, _):
+        store = node.store
+        assert store is not None
+        prepos = Prepositioner(node, clock=clock)
+        try:
+            await settle(prepos)
+            assert store.stats.pinned_objects == len(SIZES)
+
+            # Invalidate one key: refetched exactly once, also across further steps.
+            key = "set/obj-03.bin"
+            plan = node.config.fill_plan[0]
+            inv = plan.model_validate(
+                {
+                    **plan.model_dump(by_alias=True),
+                    "invalidations": [{"id": "fix-1", "key": key}],
+                }
+            )
+            node.config = node.config.model_copy(update={"fill_plan": [inv]})
+            new_bytes = b"replaced at the origin" * 100
+            # Replace it straight at the S3 server (not through the counting proxy).
+            s3_client(proxy.upstream).put_object(Bucket=bucket, Key=key, Body=new_bytes)
+            await settle(prepos)
+            for _ in range(3):
+                await prepos.step()
+            assert proxy.object_gets(key) == 2
+            assert _object_gets(proxy) == len(SIZES) + 1
+            entry = store.peek(key)
+            assert entry is not None
+            assert entry.data_path.read_bytes() == new_bytes
+            assert entry.meta.pinned
+
+            # A restart remembers the invalidation: no second refetch.
+            await prepos.close()
+            prepos = Prepositioner(node, clock=clock)
+            await settle(prepos)
+            assert proxy.object_gets(key) == 2
+
+            # The ContentSet leaves the plan: evictable, not deleted.
+            node.config = node.config.model_copy(update={"fill_plan": []})
+            await settle(prepos)
+            assert store.stats.pinned_objects == 0
+            assert store.stats.objects == len(SIZES)
+        finally:
+            await prepos.close()
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["same-etag", "etag-changed"])
+async def test_partial_from_an_earlier_run_resumes_or_refetches_whole(
+    s3_server: S3Server, tmp_path: Path, changed: bool
+) -> None:
+    key, size = "set/big.bin", 100 * KiB
+    bucket = seed(s3_server, {key: size})
+    body = object_bytes(key, size)
+    etag = s3_client(s3_server).head_object(Bucket=bucket, Key=key)["ETag"]
+    store = tmp_path / "s"
+    # What a killed run left: 2 complete pieces and part of the third.
+    partials = Partials(store / "prepos" / "partial")
+    info = ObjectInfo(
+        key=key, size=size, etag='"stale"' if changed else etag, last_modified=time.time()
+    )
+    recorder = partials.begin(info, PIECE)
+    recorder.write(body[: 2 * PIECE + 5000])
+    recorder.close()
+    async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
+        cfg = _config(store, proxy.endpoint_url, bucket, {"allowOutsideWindow": True})
+        async with running_node(cfg) as (node, _):
+            prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
+            try:
+                await settle(prepos)
+            finally:
+                await prepos.close()
+            assert node.store is not None
+            entry = node.store.peek(key)
+            assert entry is not None
+            assert entry.data_path.read_bytes() == body
+            assert entry.meta.pinned
+        if changed:
+            # Range + If-Match met a 412: the object was fetched whole, once more.
+            assert proxy.object_gets(key) == 2
+            assert proxy.range_gets[key] == 1
+            # The whole object, plus the small XML error document of the 412.
+            assert size <= proxy.body_bytes[key] < size + 1024
+        else:
+            # Only the bytes after the verified pieces crossed the network.
+            assert proxy.object_gets(key) == 1
+            assert proxy.range_gets[key] == 1
+            assert proxy.body_bytes[key] == size - 2 * PIECE
+    assert partials.keys() == []
+
+
+async def test_rate_cap_holds_across_concurrent_streams(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Bytes from the origin over a measured interval stay within 10% of the cap."""
+    rate = 1024 * KiB
+    sizes = {f"set/r-{i:02d}.bin": 96 * KiB for i in range(40)}  # ~3.75 s at the cap
+    bucket = seed(s3_server, sizes)
+    async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
+        fill = {"allowOutsideWindow": True, "concurrency": 6, "rateLimitBytesPerSecond": rate}
+        cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, fill)
+        async with running_node(cfg) as (node, _):
+            prepos = Prepositioner(node, tick=0.05)
+            prepos.start()
+            try:
+                for _ in range(2000):  # wait for the fill to be under way (past the burst)
+                    if proxy.total_bytes() > rate // 2:
+                        break
+                    await asyncio.sleep(0.01)
+                t0, b0 = time.monotonic(), proxy.total_bytes()
+                await asyncio.sleep(2.0)
+                t1, b1 = time.monotonic(), proxy.total_bytes()
+                measured = (b1 - b0) / (t1 - t0)
+                assert 0.9 * rate <= measured <= 1.1 * rate, measured
+                for _ in range(2000):
+                    if prepos.progress.get(SET) and not (
+                        prepos.progress[SET].objects_total - prepos.progress[SET].objects_stored
+                    ):
+                        break
+                    await asyncio.sleep(0.01)
+                assert proxy.total_bytes() == sum(sizes.values())
+            finally:
+                await prepos.close()
