@@ -247,6 +247,23 @@ def _service_account_kubeconfig(cluster: Cluster, ns: str, sa: str, path: Path) 
     return path
 
 
+def _release_finalizers(cluster: Cluster, ns: str) -> None:
+    for kind in ("edgesites", "contentsets"):
+        listed = get_json(cluster, kind, "-n", ns)
+        for item in listed["items"] if listed else []:
+            cluster.kubectl(
+                "patch",
+                kind,
+                item["metadata"]["name"],
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                '{"metadata":{"finalizers":null}}',
+                check=False,
+            )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -279,6 +296,7 @@ def test_operator_with_the_charts_rbac_brings_examples_to_ready(
     """
     release, ns, sites_ns = "rbac", "chart-rbac", "chart-rbac-sites"
     proc: subprocess.Popen[bytes] | None = None
+    log = (tmp_path / "operator.log").open("wb")
     try:
         # The RoleBinding goes into the watched namespace, so it exists first.
         chart_cluster.kubectl("create", "namespace", sites_ns)
@@ -298,7 +316,6 @@ def test_operator_with_the_charts_rbac_brings_examples_to_ready(
         assert denied.returncode != 0
         assert "forbidden" in denied.stderr
 
-        log = (tmp_path / "operator.log").open("wb")
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -328,10 +345,25 @@ def test_operator_with_the_charts_rbac_brings_examples_to_ready(
             print((tmp_path / "operator.log").read_text()[-6000:])
             raise
         assert sorted(ready) == ["alpha-east", "beta-west"]
-        text = (tmp_path / "operator.log").read_text()
-        assert "Forbidden" not in text, text[-4000:]
-        assert "forbidden" not in text, text[-4000:]
+        denials = [
+            line
+            for line in (tmp_path / "operator.log").read_text().splitlines()
+            if "forbidden" in line.lower()
+        ]
+        assert denials == []
     finally:
+        # Delete the sites while the operator still runs, so it releases its
+        # finalizers; whatever is left after that is released by hand, or
+        # deleting the CRDs below would wait forever.
+        chart_cluster.kubectl(
+            "delete",
+            "edgesites,contentsets",
+            "--all",
+            "-n",
+            sites_ns,
+            "--timeout=60s",
+            check=False,
+        )
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -339,6 +371,8 @@ def test_operator_with_the_charts_rbac_brings_examples_to_ready(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        log.close()
+        _release_finalizers(chart_cluster, sites_ns)
         chart_cluster.kubectl("delete", "namespace", sites_ns, "--wait=false", check=False)
         helm.run("uninstall", release, "--namespace", ns, kubeconfig=chart_cluster.kubeconfig)
         chart_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
