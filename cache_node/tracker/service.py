@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,8 @@ from cache_node.tracker.swarms import (
 log = structlog.get_logger("edgefill.tracker")
 
 MAX_WS_SWARMS_PER_CONNECTION = 1000
-ANSWER_COST = 0.25  # answers follow offers we relayed; cheap but not free
+ANSWER_COST = 0.25
+MAX_FOREIGN_SWARMS_PER_OBJECT = 16  # answers follow offers we relayed; cheap but not free
 
 
 class RejectedError(Exception):
@@ -208,6 +210,8 @@ class TrackerService:
         )
         # Twice the swarm bound: known objects need not all have peers at once.
         self.index = SwarmIndex(capacity=2 * tracker.max_swarms)
+        # object key -> client-derived info-hashes admitted for it (see resolve)
+        self._foreign: OrderedDict[str, list[bytes]] = OrderedDict()
         self.limiter = RateLimiter(
             rate=tracker.announces_per_second,
             burst=tracker.announce_burst,
@@ -258,15 +262,34 @@ class TrackerService:
             )
 
     async def resolve(self, info_hash: bytes, hints: Iterable[str], token: str | None) -> str:
-        """The object key behind ``info_hash``, after the token check; else a RejectedError."""
+        """The object key behind ``info_hash``, after the token check; else a RejectedError.
+
+        An info-hash is known when it is the object's own swarm id (learnt from
+        its manifest or recomputed from an ``object=`` hint). Clients that derive
+        their own info-hashes (a WebTorrent .torrent of the object,
+        p2p-media-loader's hashed swarm ids) name the object with ``object=`` in
+        the announce URL: the hash is then admitted as a swarm *of that object*,
+        once the object is served and the token covers it, at most
+        ``MAX_FOREIGN_SWARMS_PER_OBJECT`` per object (oldest forgotten first).
+        """
         key = self.index.lookup(info_hash)
         if key is None:
+            served: str | None = None
             for hint in hints:
                 info = await self.hashes.piece_info(hint)
-                if info is not None and swarm_id(hint, info.etag) == info_hash:
+                if info is None:
+                    continue
+                if swarm_id(hint, info.etag) == info_hash:
                     self.index.add(info_hash, hint)
                     key = hint
                     break
+                served = served or hint
+            if key is None and served is not None:
+                refused = self.gate.check(token, served)
+                if refused is not None:
+                    raise self._reject(refused[0], "token", refused[1])
+                self._admit_foreign(info_hash, served)
+                return served
         if key is None:
             raise self._reject(
                 404,
@@ -278,6 +301,20 @@ class TrackerService:
         if refused is not None:
             raise self._reject(refused[0], "token", refused[1])
         return key
+
+    def _admit_foreign(self, info_hash: bytes, key: str) -> None:
+        hashes = self._foreign.pop(key, None) or []
+        self._foreign[key] = hashes  # most recently used object last
+        if info_hash in hashes:
+            hashes.remove(info_hash)
+        hashes.append(info_hash)
+        if len(hashes) > MAX_FOREIGN_SWARMS_PER_OBJECT:
+            self.index.discard(hashes.pop(0))
+        while len(self._foreign) > self.index.capacity:
+            _, dropped = self._foreign.popitem(last=False)
+            for old in dropped:
+                self.index.discard(old)
+        self.index.add(info_hash, key)
 
     def owner_url(self, key: str) -> str | None:
         """Client base URL of the member owning ``key``'s swarm, when that is not us.

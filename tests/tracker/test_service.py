@@ -323,3 +323,25 @@ async def test_manifest_needs_a_signing_key_and_a_served_object(signing_key_file
     with pytest.raises(RejectedError) as err:
         await svc.manifest(KEY, None)
     assert err.value.status == 503
+
+
+async def test_client_derived_info_hashes_join_a_served_object(signing_key_file: Path) -> None:
+    """A WebTorrent .torrent or p2p-media-loader swarm id, named with object=<key>."""
+    from cache_node.tracker.service import MAX_FOREIGN_SWARMS_PER_OBJECT
+
+    gate = CountingGate()
+    svc, _, _ = service(signing_key_file, gate=gate)
+    s, inbox = ws_session("10.0.0.1", key_hints=(KEY,), token=f"ok:{KEY}")
+    hashes = [bytes([i]) * 20 for i in range(1, MAX_FOREIGN_SWARMS_PER_OBJECT + 2)]
+    for ih_bytes in hashes:
+        await svc.ws_message(
+            s, {"action": "announce", "info_hash": ih_bytes.decode("latin-1"), "peer_id": "A" * 20}
+        )
+        assert "failure reason" not in inbox[-1], inbox[-1]
+    assert svc.index.lookup(hashes[-1]) == KEY
+    assert svc.index.lookup(hashes[0]) is None  # the oldest of the object's extra hashes
+    # without a token for the object, no extra swarm
+    s2, inbox2 = ws_session("10.0.0.2", key_hints=(KEY,), token="ok:vod/other")
+    await svc.ws_message(s2, {"action": "announce", "info_hash": "N" * 20, "peer_id": "B" * 20})
+    assert "scope" in inbox2[-1]["failure reason"]
+    assert svc.index.lookup(b"N" * 20) is None
