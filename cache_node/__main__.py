@@ -28,6 +28,7 @@ from aiohttp import web
 from cache_node import logs
 from cache_node.app import Apps, create_apps
 from cache_node.config import NodeConfig, load
+from cache_node.prepos.scheduler import install as prepos_install
 
 DEFAULT_CONFIG = "/etc/edgefill/node.json"
 
@@ -128,7 +129,7 @@ async def _amain(config: NodeConfig, node_name: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(create_apps(config, node_name), stop)
+    await serve(create_apps(config, node_name, extensions=[prepos_install]), stop)
 
 
 def main(argv: list[str] | None = None) -> int:

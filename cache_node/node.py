@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -103,6 +105,8 @@ class Node:
     ready: bool = False
     recovery_error: str | None = None
     started_at: float = field(default_factory=time.time)
+    # Set by pre-positioning (cache_node.prepos): per-ContentSet progress for /status.
+    fill_report: Callable[[], dict[str, Any]] | None = None
 
     @property
     def site(self) -> str:

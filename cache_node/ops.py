@@ -27,6 +27,10 @@ def status_document(node: Node) -> dict[str, Any]:
     store = node.store
     stats = store.stats if store is not None else None
     held = store.by_content_set() if store is not None else {}
+    # Pre-positioning reports what this node owns of each entry once it resolved the
+    # source (objectsTotal/bytesTotal, ...Pending, ...Stored of the owned keys only).
+    report = node.fill_report() if node.fill_report is not None else {}
+    progress = report.get("entries", {})
     fill_plan = []
     for entry in node.config.fill_plan:
         objects, size = held.get(entry.name, (0, 0))
@@ -36,6 +40,7 @@ def status_document(node: Node) -> dict[str, Any]:
                 "generation": entry.generation,
                 "objectsStored": objects,
                 "bytesStored": size,
+                **progress.get(entry.name, {}),
             }
         )
     return {
@@ -57,6 +62,7 @@ def status_document(node: Node) -> dict[str, Any]:
         "requests": {result: _counter_value(node, result) for result in RESULTS},
         "fillsInProgress": node.loader.in_progress() if node.loader is not None else 0,
         "fillPlan": fill_plan,
+        "fill": report.get("fill"),
         "tokenKeys": sorted(node.keyring.keys),
     }
 
