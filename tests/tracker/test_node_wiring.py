@@ -1,0 +1,133 @@
+"""The tracker inside a real cache node: the object is filled from the S3 origin (moto on
+loopback) through the node's content path, then its manifest comes from the store's own
+piece hashes, the node serves it as web seed by Range, and announces work on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import boto3
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cache_node.app import create_apps
+from cache_node.config import NodeConfig
+from cache_node.tracker.manifest import b64url_decode, verify_manifest, verify_piece
+from cache_node.tracker.wiring import extension
+
+from .conftest import object_bytes
+
+pytestmark = pytest.mark.integration
+
+KEY = "vod/wired/seg-1.m4s"
+PIECE = 16 * 1024
+DATA = object_bytes(KEY, 5 * PIECE + 321)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_manifest_from_the_store_and_web_seed_by_range(
+    s3_server: Any, tmp_path: Path, signing_key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = s3_server.env()
+    creds = tmp_path / "origin-credentials"  # as the node mounts its Secret
+    creds.mkdir()
+    (creds / "accessKeyId").write_text(env["AWS_ACCESS_KEY_ID"])
+    (creds / "secretAccessKey").write_text(env["AWS_SECRET_ACCESS_KEY"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", env["AWS_DEFAULT_REGION"])
+    monkeypatch.delenv("EDGEFILL_S3_ENDPOINT", raising=False)
+    bucket = f"media-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=DATA)
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = NodeConfig.model_validate(
+        {
+            "site": {"namespace": "edge", "name": "wired"},
+            "listen": {"host": "127.0.0.1"},
+            "store": {
+                "path": str(tmp_path / "store"),
+                "maxBytes": 1 << 26,
+                "pieceSizeBytes": PIECE,
+            },
+            "origin": {
+                "endpointUrl": s3_server.endpoint_url,
+                "bucket": bucket,
+                "credentialsDir": str(creds),
+            },
+            "tokens": {"enabled": False},
+            "tracker": {"manifestKeyFile": str(signing_key_file)},
+        }
+    )
+    apps = create_apps(
+        config, "node-0", extensions=[extension(node_name="node-0", web_seed_url=f"{base}/")]
+    )
+    runner = web.AppRunner(apps.client, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        for _ in range(500):
+            if apps.node.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert apps.node.ready
+        async with aiohttp.ClientSession() as http:
+            # not stored yet: no manifest (and no swarm) for it
+            async with http.get(f"{base}/manifest/{KEY}") as resp:
+                assert resp.status == 404
+            async with http.get(f"{base}/{KEY}") as resp:  # a miss fills it from S3
+                assert resp.status == 200
+                assert await resp.read() == DATA
+            # the fill commits just after the last byte is streamed: poll briefly
+            for _ in range(200):
+                async with http.get(f"{base}/manifest/{KEY}") as resp:
+                    status, raw = resp.status, await resp.read()
+                if status == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert status == 200, raw
+            doc = json.loads(raw)
+            async with http.get(f"{base}/manifest-keys") as resp:
+                jwk = (await resp.json())["keys"][0]
+            public = Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
+            body = verify_manifest(doc, {jwk["kid"]: public})
+            assert body["size"] == len(DATA)
+            assert body["urlList"] == [f"{base}/{KEY}"]
+            for i in range(len(body["pieces"])):  # type: ignore[arg-type]
+                start = i * PIECE
+                end = min(start + PIECE, len(DATA)) - 1
+                headers = {"Range": f"bytes={start}-{end}"}
+                async with http.get(body["urlList"][0], headers=headers) as resp:  # type: ignore[index]
+                    assert resp.status == 206
+                    verify_piece(body, i, await resp.read())
+            ih = bytes.fromhex(body["infoHash"])  # type: ignore[arg-type]
+            query = urlencode(
+                {"info_hash": ih, "peer_id": b"-EF0001-000000000001", "port": 6881, "left": 0}
+            )
+            async with http.get(f"{base}/announce?{query}") as resp:
+                assert resp.status == 200
+                assert (await resp.read()).startswith(b"d8:complete")
+    finally:
+        await runner.cleanup()
