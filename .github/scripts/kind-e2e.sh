@@ -125,26 +125,7 @@ helm upgrade --install edgefill charts/edgefill --namespace "$NAMESPACE" \
   --wait --timeout "$WAIT"
 
 log "5/7 examples/"
-"$PYTHON" - "$S3_IN_CLUSTER" "$WORK/examples.yaml" examples/*.yaml <<'PY'
-"""Point the examples at the in-cluster S3 origin and let them fill now."""
-import sys
-
-import yaml
-
-endpoint, out, *paths = sys.argv[1:]
-docs = []
-for path in paths:
-    with open(path) as f:
-        for doc in yaml.safe_load_all(f):
-            if not doc:
-                continue
-            if doc.get("kind") == "EdgeSite":
-                doc["spec"]["origin"]["endpoint"] = endpoint
-                doc["spec"].setdefault("fill", {})["allowOutsideWindow"] = True
-            docs.append(doc)
-with open(out, "w") as f:
-    yaml.safe_dump_all(docs, f, sort_keys=False)
-PY
+"$PYTHON" .github/scripts/kind_examples.py "$S3_IN_CLUSTER" "$WORK/examples.yaml" examples/*.yaml
 kubectl apply -f "$WORK/examples.yaml"
 
 log "6/7 wait for Ready and Filled"

@@ -9,6 +9,7 @@ the tests does not matter.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -377,3 +378,62 @@ def test_operator_with_the_charts_rbac_brings_examples_to_ready(
         helm.run("uninstall", release, "--namespace", ns, kubeconfig=chart_cluster.kubeconfig)
         chart_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         _delete_cluster_scoped(chart_cluster)
+
+
+def _kind_examples() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "kind_examples", REPO_ROOT / ".github" / "scripts" / "kind_examples.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kind_rewritten_examples_are_valid(
+    helm: Helm, chart_cluster: Cluster, tmp_path: Path
+) -> None:
+    """What the kind path applies passes the chart's CRDs, CEL rules and admission policy."""
+    endpoint = "http://edgefill-test-origin.edgefill-system.svc.cluster.local:9000"
+    out = tmp_path / "examples.yaml"
+    assert (
+        _kind_examples().main(
+            [endpoint, str(out), *map(str, (REPO_ROOT / "examples").glob("*.yaml"))]
+        )
+        == 0
+    )
+    docs = list(yaml.safe_load_all(out.read_text()))
+    sites = [d for d in docs if d["kind"] == "EdgeSite"]
+    assert len(sites) == 2
+    for site in sites:
+        assert site["spec"]["origin"]["endpoint"] == endpoint
+        assert site["spec"]["fill"]["allowOutsideWindow"] is True
+    crds = [
+        d
+        for d in helm.render()
+        if d["kind"]
+        in {
+            "CustomResourceDefinition",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        }
+        and "edgefill" in d["metadata"]["name"]
+    ]
+    ns = "chart-kind-examples"
+    with _namespaces(chart_cluster, ns):
+        try:
+            chart_cluster.kubectl("apply", "--server-side", "-f", "-", input=_dump(crds))
+            chart_cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                *[f"crd/{n}" for n in EDGEFILL_CRDS],
+            )
+            applied = chart_cluster.kubectl(
+                "apply", "-n", ns, "--dry-run=server", "-f", str(out), check=False
+            )
+            assert applied.returncode == 0, applied.stderr
+            assert applied.stdout.count("(server dry run)") == len(docs)
+        finally:
+            _delete_cluster_scoped(chart_cluster)
