@@ -110,7 +110,7 @@ async def serve(apps: Apps, stop: asyncio.Event) -> None:
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, reuse_address=True, backlog=1024).start()
         structlog.get_logger("cache_node").info(
             "node_listening",
             host=host,
@@ -124,12 +124,14 @@ async def serve(apps: Apps, stop: asyncio.Event) -> None:
             await runner.cleanup()
 
 
-async def _amain(config: NodeConfig, node_name: str) -> None:
+async def _amain(config: NodeConfig, node_name: str, config_path: Path | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(create_apps(config, node_name, extensions=[prepos_install]), stop)
+    await serve(
+        create_apps(config, node_name, extensions=[prepos_install], config_path=config_path), stop
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(_amain(config, args.node_name))
+        uvloop.run(_amain(config, args.node_name, args.config))
     else:
-        asyncio.run(_amain(config, args.node_name))
+        asyncio.run(_amain(config, args.node_name, args.config))
     return 0
 
 

@@ -18,15 +18,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import structlog
 from aiohttp import web
 
-from cache_node import ops, serve
+from cache_node import ops, peer_views, serve
 from cache_node.appkeys import NODE
-from cache_node.config import NodeConfig
+from cache_node.config import NodeConfig, load
 from cache_node.loader import Loader, RetryPolicy
 from cache_node.node import KeyRing, MemoryTier, Node
 from cache_node.origin import S3Origin
+from cache_node.peering import DIGEST_PATH, OBJECTS_PATH, Peering, read_secret
 from cache_node.store import Store
 from cache_node.upstream import Upstream
 
@@ -34,6 +36,7 @@ log = structlog.get_logger("cache_node.app")
 
 Extension = Callable[[web.Application, NodeConfig], None]
 KEY_RELOAD_SECONDS = 10.0
+CONFIG_POLL_SECONDS = 5.0
 
 
 @dataclass
@@ -55,7 +58,7 @@ def _make_store(node: Node) -> Store:
 
 
 def _resources(
-    node: Node, upstreams_before_origin: Sequence[Upstream]
+    node: Node, upstreams_before_origin: Sequence[Upstream], config_path: Path | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         cfg = node.config
@@ -68,6 +71,21 @@ def _resources(
             node.keyring.reload()
         origin = S3Origin(cfg.origin)
         await origin.start()
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=cfg.origin.max_connections),
+            timeout=aiohttp.ClientTimeout(
+                sock_connect=cfg.peering.connect_timeout_seconds,
+                sock_read=cfg.origin.read_timeout_seconds,
+            ),
+            auto_decompress=False,
+        )
+        node.peering = Peering(
+            site=node.site,
+            me=node.name,
+            config=cfg.peering,
+            secret=read_secret(cfg.peering.secret_file),
+            session=session,
+        )
         node.loader = Loader(
             store,
             [*upstreams_before_origin, origin],
@@ -77,11 +95,17 @@ def _resources(
             ),
             on_origin_request=node.metrics.origin_request,
             on_fill_done=node.metrics.fill_done,
+            on_upstream_failure=node.metrics.upstream_failure,
         )
         background = [
             asyncio.create_task(_recover(node, store), name="store-recovery"),
             asyncio.create_task(_reload_keys(node), name="token-keys"),
+            asyncio.create_task(node.peering.digest_loop(), name="sibling-digests"),
         ]
+        if config_path is not None:
+            background.append(
+                asyncio.create_task(_watch_config(node, config_path), name="config-watch")
+            )
         try:
             yield
         finally:
@@ -92,6 +116,7 @@ def _resources(
                     await task
             node.ready = False
             await node.loader.close()
+            await session.close()
             await origin.close()
             if store.ready:
                 store.close()
@@ -123,6 +148,40 @@ async def _recover(node: Node, store: Store) -> None:
         log.info("store_verified", checked=checked, corrupt=store.stats.corrupt_objects)
 
 
+async def _watch_config(node: Node, path: Path) -> None:
+    """Pick up re-rendered ConfigMaps: membership, upstreams and the fill plan, no restart.
+
+    Kubernetes updates a mounted ConfigMap by swapping a symlink, so the file's
+    contents are compared, not its mtime. Sections that need a restart (store,
+    listen, origin) are reported and left as they are.
+    """
+    try:
+        last = await asyncio.to_thread(path.read_bytes)
+    except OSError:
+        last = b""
+    while True:
+        await asyncio.sleep(CONFIG_POLL_SECONDS)
+        try:
+            raw = await asyncio.to_thread(path.read_bytes)
+            if raw == last:
+                continue
+            new = load(path)
+        except Exception as exc:  # an invalid render must not take the node down
+            log.error("config_reload_failed", path=str(path), error=str(exc))
+            continue
+        last = raw
+        old = node.config
+        for section in ("store", "listen", "origin"):
+            if getattr(old, section) != getattr(new, section):
+                log.warning("config_change_needs_restart", section=section)
+        node.config = new.model_copy(
+            update={"store": old.store, "listen": old.listen, "origin": old.origin}
+        )
+        if node.peering is not None:
+            node.peering.update(new.peering, read_secret(new.peering.secret_file))
+        log.info("config_reloaded", members=sorted(m.name for m in new.peering.members))
+
+
 async def _reload_keys(node: Node) -> None:
     while True:
         await asyncio.sleep(KEY_RELOAD_SECONDS)
@@ -135,19 +194,22 @@ def create_apps(
     *,
     extensions: Sequence[Extension] = (),
     upstreams: Sequence[Upstream] = (),
+    config_path: Path | None = None,
 ) -> Apps:
     """Build the node's three apps; run them with :func:`cache_node.__main__.serve`."""
     node = Node(config=config, name=node_name)
 
     client = web.Application()
     client[NODE] = node
-    client.cleanup_ctx.append(_resources(node, upstreams))
+    client.cleanup_ctx.append(_resources(node, upstreams, config_path))
     for extension in extensions:
         extension(client, config)
     client.router.add_route("*", "/{key:.*}", serve.handle_object)
 
     peer = web.Application()
     peer[NODE] = node
+    peer.router.add_get(DIGEST_PATH, peer_views.peer_digest)
+    peer.router.add_route("*", OBJECTS_PATH + "{key:.+}", peer_views.peer_object)
 
     metrics = web.Application()
     metrics[NODE] = node

@@ -137,6 +137,12 @@ class Peering(_Model):
         default=None, description="File holding the site's shared peer secret."
     )
     max_hops: int = Field(default=2, ge=0, le=8)
+    connect_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Connect timeout to members and upstream sites; past it the next one is tried.",
+    )
     digest_refresh_seconds: int = Field(default=30, ge=1, le=3600)
     hot_cache_bytes: int = Field(default=32 * MiB, ge=0)
 

@@ -130,6 +130,7 @@ class Loader:
         *,
         on_origin_request: Callable[[str, float], None] | None = None,
         on_fill_done: Callable[[str, int], None] | None = None,
+        on_upstream_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.upstreams = list(upstreams)
@@ -138,10 +139,15 @@ class Loader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_origin_request = on_origin_request
         self._on_fill_done = on_fill_done
+        self._on_upstream_failure = on_upstream_failure or (lambda source, cause: None)
         self.fills_started = 0
 
-    async def lookup(self, key: str) -> Entry | Fill:
-        """A verified committed entry, or the (possibly new) fill for ``key``."""
+    async def lookup(self, key: str, before: Sequence[Upstream] = ()) -> Entry | Fill:
+        """A verified committed entry, or the (possibly new) fill for ``key``.
+
+        ``before`` are upstreams to try ahead of the configured ones (the key's
+        owner peer, parent and sibling sites) when this call starts the fill.
+        """
         entry = self.store.get(key)
         if entry is not None and (entry.verified or await self.store.verify(entry)):
             return entry
@@ -150,7 +156,8 @@ class Loader:
             fill = Fill(key)
             self._fills[key] = fill
             self.fills_started += 1
-            task = asyncio.create_task(self._run(fill), name=f"fill:{key}")
+            chain = [*before, *self.upstreams]
+            task = asyncio.create_task(self._run(fill, chain), name=f"fill:{key}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return fill
@@ -165,10 +172,10 @@ class Loader:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _run(self, fill: Fill) -> None:
+    async def _run(self, fill: Fill, chain: Sequence[Upstream]) -> None:
         try:
             async with asyncio.timeout(self.retry.total_deadline):
-                await self._fetch(fill)
+                await self._fetch(fill, chain)
         except FillFailedError as exc:
             fill.error = exc
         except TimeoutError:
@@ -195,20 +202,25 @@ class Loader:
             self._fills.pop(fill.key, None)
             fill._notify()
 
-    async def _open(self, fill: Fill, start: int, if_match: str | None) -> tuple[Upstream, Opened]:
+    async def _open(
+        self, fill: Fill, chain: Sequence[Upstream], start: int, if_match: str | None
+    ) -> tuple[Upstream, Opened]:
         errors: list[str] = []
-        for upstream in self.upstreams:
+        for upstream in chain:
             began = time.monotonic()
             try:
                 opened = await upstream.open(fill.key, start, if_match)
-            except NotFoundError:
+            except NotFoundError as exc:
+                self._on_upstream_failure(upstream.source, "content_miss")
                 if upstream.source == "origin":
                     raise
-                errors.append(f"{upstream.name}: not found")
+                errors.append(str(exc))
                 continue
             except ChangedError:
                 raise
             except UpstreamError as exc:
+                # Open Connect's "health miss": the source exists but could not serve.
+                self._on_upstream_failure(upstream.source, "health_miss")
                 errors.append(str(exc))
                 continue
             finally:
@@ -217,13 +229,13 @@ class Loader:
             return upstream, opened
         raise UpstreamError("; ".join(errors) or "no upstream configured")
 
-    async def _fetch(self, fill: Fill) -> None:
+    async def _fetch(self, fill: Fill, chain: Sequence[Upstream]) -> None:
         attempt = 0
         while True:
             start = fill.written
             if_match = fill.info.etag if (fill.info is not None and start) else None
             try:
-                upstream, opened = await self._open(fill, start, if_match)
+                upstream, opened = await self._open(fill, chain, start, if_match)
             except NotFoundError as exc:
                 raise FillFailedError(str(exc), not_found=True) from exc
             except ChangedError:

@@ -112,6 +112,19 @@ class Metrics:
         self.fill_bytes = Counter(
             "edgefill_fill_bytes", "Bytes committed to the store by fills.", registry=r
         )
+        self.upstream_failures = Counter(
+            "edgefill_upstream_failures",
+            "Fill sources that could not serve a key, by source (peer, parent, origin) and "
+            "cause (content_miss: it does not hold the key; health_miss: it could not answer).",
+            ["source", "cause"],
+            registry=r,
+        )
+        self.peer_requests = Counter(
+            "edgefill_peer_requests",
+            "Requests received on the peer endpoint, by sender (member, site) and result.",
+            ["sender", "result"],
+            registry=r,
+        )
         for result in RESULTS:
             self.requests.labels(result)
         # The hit path's children, resolved once (labels() costs a lock and a dict lookup).
@@ -120,6 +133,9 @@ class Metrics:
 
     def watch_store(self, store: Store, fills_in_progress: Callable[[], int]) -> None:
         self.registry.register(_StoreCollector(store, fills_in_progress))
+
+    def upstream_failure(self, source: str, cause: str) -> None:
+        self.upstream_failures.labels(source, cause).inc()
 
     def fill_done(self, outcome: str, size: int) -> None:
         self.fills.labels(outcome).inc()

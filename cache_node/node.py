@@ -17,9 +17,11 @@ from typing import Any
 
 import structlog
 
+from cache_node.bloom import CachedDigest
 from cache_node.config import NodeConfig
 from cache_node.loader import Loader
 from cache_node.metrics import Metrics
+from cache_node.peering import Peering
 from cache_node.store import Entry, Store
 from cache_node.tokens import load_keys
 
@@ -102,6 +104,8 @@ class Node:
     store: Store | None = None
     loader: Loader | None = None
     memory: MemoryTier | None = None
+    peering: Peering | None = None
+    digest: CachedDigest = field(default_factory=CachedDigest)
     ready: bool = False
     recovery_error: str | None = None
     started_at: float = field(default_factory=time.time)

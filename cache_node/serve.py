@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -25,9 +26,11 @@ from cache_node.appkeys import NODE
 from cache_node.loader import Fill, FillFailedError
 from cache_node.node import Node
 from cache_node.objkeys import KeyRejectedError, normalise
+from cache_node.peering import Hop
 from cache_node.ranges import Plan, Validators, format_http_date, plan
 from cache_node.store import Entry, ObjectInfo, Writer
 from cache_node.tokens import TokenRejectedError, verify
+from cache_node.upstream import Upstream
 
 log = structlog.get_logger("cache_node.serve")
 
@@ -103,7 +106,16 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
         except TokenRejectedError as exc:
             node.metrics.rejected.labels("token").inc()
             return _error(exc.status, exc.reason)
-    found = await node.loader.lookup(key)
+    before = node.peering.chain(key, Hop()) if node.peering is not None else []
+    return await serve_key(request, node, key, before)
+
+
+async def serve_key(
+    request: web.Request, node: Node, key: str, before: Sequence[Upstream]
+) -> web.StreamResponse:
+    """Answer GET/HEAD for an accepted key: a hit, or a fill through ``before`` then origin."""
+    assert node.loader is not None
+    found = await node.loader.lookup(key, before)
     if isinstance(found, Entry):
         return await _serve_entry(request, node, found)
     return await _serve_fill(request, node, found)

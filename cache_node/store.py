@@ -271,6 +271,7 @@ class Store:
         self.stats = StoreStats()
         self._on_evict = on_evict
         self.ready = False
+        self.version = 0  # bumped whenever the set of committed objects changes
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -355,6 +356,7 @@ class Store:
         if old is not None:
             self._forget(old)
         self._index[entry.key] = entry
+        self.version += 1
         self._policy(entry.meta.pinned).insert(entry.key, entry.size)
         self.stats.bytes += entry.size
         self.stats.objects += 1
@@ -366,6 +368,7 @@ class Store:
         if self._index.get(entry.key) is not entry:
             return
         del self._index[entry.key]
+        self.version += 1
         self._policy(entry.meta.pinned).remove(entry.key)
         self.stats.bytes -= entry.size
         self.stats.objects -= 1

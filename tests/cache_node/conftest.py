@@ -182,3 +182,115 @@ def config_for(tmp_path: Path) -> Callable[..., NodeConfig]:
         return node_config(tmp_path / "store", endpoint, bucket, **kw)
 
     return build
+
+
+PEER_SECRET = b"site-shared-peer-secret-0123456789"
+
+
+@dataclass
+class SiteNode:
+    name: str
+    apps: Apps
+    client_url: str
+    peer_url: str
+    metrics_url: str
+    runners: list[web.AppRunner]
+
+    @property
+    def node(self) -> Any:
+        return self.apps.node
+
+    async def stop(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+
+
+def _free_port() -> int:
+    from edgefill_devenv.s3 import free_port
+
+    return free_port()
+
+
+@asynccontextmanager
+async def live_sites(
+    tmp_path: Path,
+    endpoint: str,
+    bucket: str,
+    sites: dict[str, int],
+    upstreams: dict[str, list[tuple[str, str]]] | None = None,
+) -> AsyncIterator[dict[str, list[SiteNode]]]:
+    """Start ``sites`` ({name: node count}) with peering; ``upstreams`` = {site: [(site, role)]}.
+
+    A site's peer URL for other sites is its first node's peer endpoint (a Service in a
+    cluster picks any pod; any node forwards to the key's owner).
+    """
+    secret_file = tmp_path / "peer-secret"
+    secret_file.write_bytes(PEER_SECRET)
+    ports = {
+        (site, i): (_free_port(), _free_port(), _free_port())
+        for site, count in sites.items()
+        for i in range(count)
+    }
+    members = {
+        site: [
+            {"name": f"{site}-{i}", "peerUrl": f"http://127.0.0.1:{ports[(site, i)][1]}"}
+            for i in range(count)
+        ]
+        for site, count in sites.items()
+    }
+    started: dict[str, list[SiteNode]] = {}
+    try:
+        for site, count in sites.items():
+            ups = [
+                {"name": f"edge/{other}", "role": role, "peerUrl": members[other][0]["peerUrl"]}
+                for other, role in (upstreams or {}).get(site, [])
+            ]
+            for i in range(count):
+                client_port, peer_port, metrics_port = ports[(site, i)]
+                cfg = node_config(
+                    tmp_path / f"store-{site}-{i}",
+                    endpoint,
+                    bucket,
+                    site={"namespace": "edge", "name": site},
+                    # Generous timeouts: on a loaded shared machine a slow answer must not
+                    # count as a dead peer (that would send the miss to the origin).
+                    origin={"connectTimeoutSeconds": 10, "readTimeoutSeconds": 30},
+                    peering={
+                        "members": members[site],
+                        "upstreams": ups,
+                        "secretFile": str(secret_file),
+                        "digestRefreshSeconds": 3600,
+                        # Six nodes share the test's one event loop on a shared machine.
+                        "connectTimeoutSeconds": 10,
+                    },
+                )
+                name = f"{site}-{i}"
+                apps = create_apps(cfg, name)
+                runners = []
+                for app, port in (
+                    (apps.client, client_port),
+                    (apps.peer, peer_port),
+                    (apps.metrics, metrics_port),
+                ):
+                    runner = web.AppRunner(app, access_log=None)
+                    await runner.setup()
+                    runners.append(runner)
+                    await web.TCPSite(runner, "127.0.0.1", port).start()
+                started.setdefault(site, []).append(
+                    SiteNode(
+                        name=name,
+                        apps=apps,
+                        client_url=f"http://127.0.0.1:{client_port}",
+                        peer_url=f"http://127.0.0.1:{peer_port}",
+                        metrics_url=f"http://127.0.0.1:{metrics_port}",
+                        runners=runners,
+                    )
+                )
+        everyone = [n for nodes in started.values() for n in nodes]
+        await until(lambda: all(n.node.ready for n in everyone), "all nodes ready")
+        yield started
+    finally:
+        for nodes in started.values():
+            for n in nodes:
+                await n.stop()

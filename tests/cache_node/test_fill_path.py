@@ -201,14 +201,19 @@ async def test_total_deadline_aborts_a_stalled_fill(
     bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
 ) -> None:
     key = "vod/title/seg-2.m4s"
-    proxy.stall(key, 3.0)  # headers arrive, then the body stalls past the deadline
-    cfg = config_for(proxy.endpoint_url, bucket.name, origin={"totalDeadlineSeconds": 1})
+    proxy.stall(key, 4.0)  # headers arrive, then the body stalls past the deadline
+    cfg = config_for(proxy.endpoint_url, bucket.name, origin={"totalDeadlineSeconds": 1.5})
     async with (
         live_node(cfg) as node,
         aiohttp.ClientSession() as s,
     ):
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await _get(s, f"{node.client_url}/{key}")
+        # Headers usually reach the client first (then the connection is aborted); on a
+        # loaded machine the deadline may strike before them (then a 502). Never a 200 body.
+        try:
+            status, _, _ = await _get(s, f"{node.client_url}/{key}")
+        except aiohttp.ClientPayloadError:
+            status = 0
+        assert status in (0, 502)
         assert key not in node.store
         async with s.get(f"{node.metrics_url}/metrics") as resp:
             text = await resp.text()
