@@ -173,6 +173,12 @@ def test_install_schedules_the_operator_and_uninstall_keeps_crds(
 ) -> None:
     release, ns = "keep", "chart-keep"
     try:
+        # The restricted Pod Security Standard, enforced by the API server's
+        # PodSecurity admission: a non-compliant operator pod is never created.
+        chart_cluster.kubectl("create", "namespace", ns)
+        chart_cluster.kubectl(
+            "label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted"
+        )
         proc = _install(helm, chart_cluster, release, ns)
         assert proc.returncode == 0, proc.stderr
         # NOTES.txt tells the next step.
