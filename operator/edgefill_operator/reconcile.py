@@ -57,6 +57,34 @@ def _site_lock(namespace: str, name: str) -> threading.Lock:
         return _locks[(namespace, name)]
 
 
+# What this process manages, for the edgefill_operator_managed_objects gauge.
+_managed_sites: dict[tuple[str, str], dict[str, int]] = {}
+_managed_contentsets: set[tuple[str, str]] = set()
+
+
+def _record_managed(
+    key: tuple[str, str], children: dict[str, int] | None, *, contentset: bool = False
+) -> None:
+    with _locks_guard:
+        if contentset:
+            if children is None:
+                _managed_contentsets.discard(key)
+            else:
+                _managed_contentsets.add(key)
+        elif children is None:
+            _managed_sites.pop(key, None)
+        else:
+            _managed_sites[key] = children
+        totals: dict[str, int] = defaultdict(int)
+        for per_site in _managed_sites.values():
+            for kind, count in per_site.items():
+                totals[kind] += count
+        totals["EdgeSite"] = len(_managed_sites)
+        totals["ContentSet"] = len(_managed_contentsets)
+    for kind, count in totals.items():
+        metrics.MANAGED.labels(kind=kind).set(count)
+
+
 @dataclass
 class Outcome:
     """What a step did: the handler turns transitions into Events."""
@@ -175,6 +203,7 @@ def _reconcile_site(
 ) -> Outcome:
     site = api.get(names.API_VERSION, "EdgeSite", namespace, name)
     if site is None or site["metadata"].get("deletionTimestamp"):
+        _record_managed((namespace, name), None)
         return Outcome(found=False)
     all_sites = api.list(names.API_VERSION, "EdgeSite", None)
     contentsets = api.list(names.API_VERSION, "ContentSet", namespace)
@@ -198,7 +227,12 @@ def _reconcile_site(
 
     errors: list[str] = []
     sts: dict[str, Any] | None = None
-    for child in render_children(inputs):
+    children = render_children(inputs)
+    kinds: dict[str, int] = defaultdict(int)
+    for child in children:
+        kinds[child["kind"]] += 1
+    _record_managed((namespace, name), dict(kinds))
+    for child in children:
         kind = child["kind"]
         try:
             applied = api.apply(child)
@@ -285,7 +319,9 @@ def reconcile_contentset(api: ClusterApi, namespace: str, name: str, now: dateti
     """Recompute a ContentSet's status from the sites it selects (their plans and progress)."""
     cs = api.get(names.API_VERSION, "ContentSet", namespace, name)
     if cs is None or cs["metadata"].get("deletionTimestamp"):
+        _record_managed((namespace, name), None, contentset=True)
         return Outcome(found=False)
+    _record_managed((namespace, name), {}, contentset=True)
     sites = selected_sites(cs, api.list(names.API_VERSION, "EdgeSite", namespace))
     me = qualified(cs)
     copies = int(cs["spec"].get("copies", 1))

@@ -243,3 +243,22 @@ def test_gone_objects_are_a_no_op(fake_cluster: Any) -> None:
     assert not reconcile_contentset(cluster, "edge", "nothing", T0).found
     assert cluster.applies == []
     assert cluster.status_patches == []
+
+
+def test_managed_objects_gauge_follows_sites(fake_cluster: Any, edge_example: Any) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(kind: str) -> float:
+        v = REGISTRY.get_sample_value("edgefill_operator_managed_objects", {"kind": kind})
+        return v or 0.0
+
+    site = edge_example("EdgeSite", "alpha-east", namespace="gauge")
+    cluster = fake_cluster([site])
+    before_sites, before_policies = value("EdgeSite"), value("NetworkPolicy")
+    reconcile_site(cluster, "gauge", "alpha-east", T0)
+    assert value("EdgeSite") == before_sites + 1
+    assert value("NetworkPolicy") == before_policies + 3
+    del cluster.objects[("EdgeSite", "gauge", "alpha-east")]
+    reconcile_site(cluster, "gauge", "alpha-east", T0)
+    assert value("EdgeSite") == before_sites
+    assert value("NetworkPolicy") == before_policies
