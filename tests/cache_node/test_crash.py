@@ -37,11 +37,13 @@ SIZE = 96 * KiB
 
 
 @contextmanager
-def node_process(config_path: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def node_process(
+    config_path: Path, log: Path, name: str = "n0"
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if k != "EDGEFILL_S3_ENDPOINT"}
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cache_node", "--config", str(config_path), "--node-name", "n0"],
+            [sys.executable, "-m", "cache_node", "--config", str(config_path), "--node-name", name],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -54,7 +56,7 @@ def node_process(config_path: Path, log: Path) -> Iterator[subprocess.Popen[byte
         proc.wait(timeout=30)
 
 
-async def _wait_ready(
+async def wait_ready(
     session: aiohttp.ClientSession, metrics: str, proc: subprocess.Popen[bytes]
 ) -> None:
     for _ in range(600):
@@ -109,7 +111,7 @@ async def test_sigkill_during_fills_never_serves_partial(
                 round_keys = keys[round_ * KEYS_PER_ROUND : (round_ + 1) * KEYS_PER_ROUND]
                 proxy.pace_seconds = 0.02  # ~0.8 MB/s per fill: the kill lands mid-body
                 with node_process(config_path, log) as proc:
-                    await _wait_ready(session, metrics, proc)
+                    await wait_ready(session, metrics, proc)
                     # Everything committed in earlier rounds is served whole after the crash.
                     for key in keys[: round_ * KEYS_PER_ROUND]:
                         got = await _fetch(session, f"{base}/{key}")
@@ -129,7 +131,7 @@ async def test_sigkill_during_fills_never_serves_partial(
                             assert done[1] == object_bytes(key, SIZE)
                 proxy.pace_seconds = 0.0
                 with node_process(config_path, log) as proc:
-                    await _wait_ready(session, metrics, proc)
+                    await wait_ready(session, metrics, proc)
                     for key in round_keys:
                         got = await _fetch(session, f"{base}/{key}")
                         assert got is not None, (round_, key)

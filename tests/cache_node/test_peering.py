@@ -7,7 +7,10 @@ origin is moto behind the counting proxy, so "origin GETs" are real requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,9 +23,19 @@ from cache_node.peering import Hop, PeerAuthError, check_auth
 from cache_node.ring import rank
 from edgefill_devenv.catalogue import object_bytes
 from edgefill_devenv.origin_proxy import OriginProxy
-from edgefill_devenv.s3 import S3Server
+from edgefill_devenv.s3 import S3Server, free_port
 
-from .conftest import PEER_SECRET, Bucket, KiB, SiteNode, live_sites, make_bucket, until
+from .conftest import (
+    PEER_SECRET,
+    Bucket,
+    KiB,
+    SiteNode,
+    live_sites,
+    make_bucket,
+    node_config,
+    until,
+)
+from .test_crash import node_process, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -252,3 +265,65 @@ async def test_peer_endpoint_refuses_without_the_site_secret(
                 assert await r.read() == object_bytes("p/x.bin", 1000)
         assert proxy.total_gets() == 1
         assert node.node.peering.chain("p/x.bin", Hop(from_member="a-0")) == []
+
+
+async def test_a_member_killed_during_a_flash_crowd(s3_server: S3Server, tmp_path: Path) -> None:
+    """SIGKILL one of three node processes mid-crowd: every request still succeeds."""
+    keys = [f"kill/obj-{i:02d}.bin" for i in range(30)]
+    bucket = make_bucket(s3_server, dict.fromkeys(keys, 48 * KiB))
+    secret = tmp_path / "secret"
+    secret.write_bytes(PEER_SECRET)
+    async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket.name) as proxy:
+        proxy.pace_seconds = 0.02  # fills stay open long enough for the kill to hit some
+        ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
+        members = [
+            {"name": f"k{i}", "peerUrl": f"http://127.0.0.1:{p[1]}"} for i, p in enumerate(ports)
+        ]
+        with contextlib.ExitStack() as stack:
+            procs = []
+            for i, (client_port, peer_port, metrics_port) in enumerate(ports):
+                cfg = node_config(
+                    tmp_path / f"store-{i}",
+                    proxy.endpoint_url,
+                    bucket.name,
+                    peering={"members": members, "secretFile": str(secret)},
+                )
+                doc = json.loads(cfg.model_dump_json(by_alias=True))
+                doc["listen"].update(
+                    {"clientPort": client_port, "peerPort": peer_port, "metricsPort": metrics_port}
+                )
+                path = tmp_path / f"node-{i}.json"
+                path.write_text(json.dumps(doc))
+                procs.append(
+                    stack.enter_context(node_process(path, tmp_path / f"node-{i}.log", f"k{i}"))
+                )
+            urls = [f"http://127.0.0.1:{p[0]}" for p in ports]
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+                for proc, (_, _, metrics_port) in zip(procs, ports, strict=True):
+                    await wait_ready(s, f"http://127.0.0.1:{metrics_port}", proc)
+                rng = random.Random(3)
+                plan = [(rng.choice(keys), rng.randrange(3)) for _ in range(300)]
+
+                async def fetch(key: str, first: int) -> bytes:
+                    for attempt in range(6):
+                        url = urls[(first + attempt) % 3]
+                        try:
+                            async with s.get(f"{url}/{key}") as resp:
+                                body = await resp.read()
+                                if resp.status == 200:
+                                    return body
+                        except aiohttp.ClientError:
+                            pass
+                    raise AssertionError(f"{key} never served")
+
+                tasks = [asyncio.create_task(fetch(k, f)) for k, f in plan]
+                await until(lambda: proxy.total_gets() >= 5, "fills under way")
+                procs[0].send_signal(signal.SIGKILL)
+                bodies = await asyncio.gather(*tasks)
+        for (key, _), body in zip(plan, bodies, strict=True):
+            assert body == bucket.objects[key]
+        requested = {k for k, _ in plan}
+        owned_by_dead = {k for k in requested if rank(k, ["k0", "k1", "k2"])[0] == "k0"}
+        total = sum(proxy.object_gets(k) for k in requested)
+        assert total <= len(requested) + len(owned_by_dead)
+        assert all(proxy.object_gets(k) <= 2 for k in requested)
