@@ -193,6 +193,27 @@ def test_install_schedules_the_operator_and_uninstall_keeps_crds(
         for crd in (*EDGEFILL_CRDS, *KOPF_CRDS):
             assert _crd_exists(chart_cluster, crd), crd
 
+        # An upgrade re-applies the CRD templates and rolls the operator (Recreate).
+        upgraded = helm.run(
+            "upgrade",
+            release,
+            str(CHART),
+            "--namespace",
+            ns,
+            "--reuse-values",
+            "--set",
+            "operator.verbose=true",
+            "--wait",
+            "--timeout",
+            "180s",
+            kubeconfig=chart_cluster.kubeconfig,
+            timeout=240,
+        )
+        assert upgraded.returncode == 0, upgraded.stderr
+        dep = get_json(chart_cluster, "deployment", "-n", ns, "keep-edgefill-operator")
+        assert "--verbose" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert dep["metadata"]["generation"] == 2
+
         out = _uninstall(helm, chart_cluster, release, ns)
         assert "These resources were kept due to the resource policy" in out
         for crd in EDGEFILL_CRDS:

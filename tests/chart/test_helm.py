@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,20 @@ def test_serviceaccount_name_required_when_not_created(helm: Helm) -> None:
     proc = helm.template(sets=["serviceAccount.create=false"])
     assert proc.returncode != 0
     assert "serviceAccount.name is required when serviceAccount.create is false" in proc.stderr
+
+
+def test_packaged_chart_carries_its_crds(helm: Helm, tmp_path: Path) -> None:
+    proc = helm.run("package", str(CHART), "--destination", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = tmp_path.glob("edgefill-0.1.0.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    for crd in (REPO_ROOT / "crds").glob("*.yaml"):
+        assert f"edgefill/files/crds/{crd.name}" in names
+    assert "edgefill/crds/clusterkopfpeering.kopf.dev.yaml" in names
+    assert "edgefill/values.schema.json" in names
+    assert "edgefill/files/dashboards/edgefill.json" in names
+    assert "edgefill/sync-crds.sh" not in names
 
 
 def test_dockerfile_passes_hadolint(tools: Tools) -> None:
