@@ -6,19 +6,21 @@ import asyncio
 import json
 import socket
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
-from cache_node.tracker import hrw
+from cache_node.tracker import hrw, register
 from cache_node.tracker.addresses import parse_compact
 from cache_node.tracker.bencode import decode
 from cache_node.tracker.manifest import b64url_decode, verify_manifest, verify_piece
 
-from .conftest import PIECE, object_bytes
+from .conftest import PIECE, MemoryHashes, make_config, object_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -225,3 +227,29 @@ async def test_swarms_live_on_their_owner(live_tracker: Any) -> None:
     ih_local = bytes.fromhex((await manifest_of(t.url, local))["infoHash"])
     status, _, _ = await get(announce_url(t.url, ih_local, 1, 6001))
     assert status == 200
+
+
+async def test_websocket_sockets_close_going_away_on_shutdown(signing_key_file: Path) -> None:
+    """A node that stops closes tracker sockets with 1001 so clients re-announce elsewhere."""
+    app = web.Application()
+    register(
+        app,
+        make_config(tracker={"manifestKeyFile": str(signing_key_file)}),
+        hashes=MemoryHashes({KEY: DATA}),
+        node_name="node-0",
+        web_seed_url="http://127.0.0.1/",
+    )
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"ws://127.0.0.1:{port}/announce")
+        await ws.send_json({"action": "scrape", "info_hash": "x" * 20})
+        reply = await ws.receive_json()
+        assert reply["action"] == "scrape"
+        assert reply["files"] == {}  # unknown swarms are not described
+        await runner.cleanup()
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1001
