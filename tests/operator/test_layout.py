@@ -22,3 +22,16 @@ def test_stdlib_operator_still_importable_next_to_our_package() -> None:
     )
     assert "edgefill_operator" not in out.stdout
     assert out.stdout.strip().endswith("operator.py")
+
+
+def test_entry_point_runs_kopf_in_module_mode() -> None:
+    from edgefill_operator.__main__ import kopf_args
+
+    args = kopf_args([])
+    assert args[:3] == ["run", "-m", "edgefill_operator.main"]
+    assert "--all-namespaces" in args
+    assert any(a.startswith("--liveness=") for a in args)
+    scoped = kopf_args(["--namespace=edge", "--standalone"])
+    assert "--all-namespaces" not in scoped
+    assert scoped[-2:] == ["--namespace=edge", "--standalone"]
+    assert not any(a.endswith(".py") for a in args), "never file mode"
