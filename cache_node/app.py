@@ -58,7 +58,10 @@ def _make_store(node: Node) -> Store:
 
 
 def _resources(
-    node: Node, upstreams_before_origin: Sequence[Upstream], config_path: Path | None
+    node: Node,
+    upstreams_before_origin: Sequence[Upstream],
+    config_path: Path | None,
+    config_poll_seconds: float,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         cfg = node.config
@@ -104,7 +107,9 @@ def _resources(
         ]
         if config_path is not None:
             background.append(
-                asyncio.create_task(_watch_config(node, config_path), name="config-watch")
+                asyncio.create_task(
+                    _watch_config(node, config_path, config_poll_seconds), name="config-watch"
+                )
             )
         try:
             yield
@@ -148,38 +153,40 @@ async def _recover(node: Node, store: Store) -> None:
         log.info("store_verified", checked=checked, corrupt=store.stats.corrupt_objects)
 
 
-async def _watch_config(node: Node, path: Path) -> None:
+async def _watch_config(node: Node, path: Path, poll_seconds: float) -> None:
     """Pick up re-rendered ConfigMaps: membership, upstreams and the fill plan, no restart.
 
     Kubernetes updates a mounted ConfigMap by swapping a symlink, so the file's
     contents are compared, not its mtime. Sections that need a restart (store,
-    listen, origin) are reported and left as they are.
+    listen, origin) keep their running values; an invalid render is logged and
+    the last good configuration stays.
     """
-    try:
-        last = await asyncio.to_thread(path.read_bytes)
-    except OSError:
-        last = b""
+    last = b""
     while True:
-        await asyncio.sleep(CONFIG_POLL_SECONDS)
         try:
             raw = await asyncio.to_thread(path.read_bytes)
-            if raw == last:
-                continue
-            new = load(path)
+            if raw != last:
+                last = raw
+                new = _reloadable(node.config, load(path))
+                if new != node.config:
+                    _apply_config(node, new)
         except Exception as exc:  # an invalid render must not take the node down
             log.error("config_reload_failed", path=str(path), error=str(exc))
-            continue
-        last = raw
-        old = node.config
-        for section in ("store", "listen", "origin"):
-            if getattr(old, section) != getattr(new, section):
-                log.warning("config_change_needs_restart", section=section)
-        node.config = new.model_copy(
-            update={"store": old.store, "listen": old.listen, "origin": old.origin}
-        )
-        if node.peering is not None:
-            node.peering.update(new.peering, read_secret(new.peering.secret_file))
-        log.info("config_reloaded", members=sorted(m.name for m in new.peering.members))
+        await asyncio.sleep(poll_seconds)
+
+
+def _reloadable(current: NodeConfig, loaded: NodeConfig) -> NodeConfig:
+    """The loaded file with the sections that need a restart kept as running."""
+    return loaded.model_copy(
+        update={"store": current.store, "listen": current.listen, "origin": current.origin}
+    )
+
+
+def _apply_config(node: Node, new: NodeConfig) -> None:
+    node.config = new
+    if node.peering is not None:
+        node.peering.update(new.peering, read_secret(new.peering.secret_file))
+    log.info("config_reloaded", members=sorted(m.name for m in new.peering.members))
 
 
 async def _reload_keys(node: Node) -> None:
@@ -195,13 +202,14 @@ def create_apps(
     extensions: Sequence[Extension] = (),
     upstreams: Sequence[Upstream] = (),
     config_path: Path | None = None,
+    config_poll_seconds: float = CONFIG_POLL_SECONDS,
 ) -> Apps:
     """Build the node's three apps; run them with :func:`cache_node.__main__.serve`."""
     node = Node(config=config, name=node_name)
 
     client = web.Application()
     client[NODE] = node
-    client.cleanup_ctx.append(_resources(node, upstreams, config_path))
+    client.cleanup_ctx.append(_resources(node, upstreams, config_path, config_poll_seconds))
     for extension in extensions:
         extension(client, config)
     client.router.add_route("*", "/{key:.*}", serve.handle_object)

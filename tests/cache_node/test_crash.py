@@ -149,3 +149,9 @@ async def test_sigkill_during_fills_never_serves_partial(
         # One GET per key for the killed fill, at most one more to refetch it after restart.
         odd = {k: n for k in keys if not 1 <= (n := proxy.object_gets(k)) <= 2}
     assert not odd, odd
+    # The node logs structlog JSON with stable keys, one document per line.
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        doc = json.loads(line)
+        assert {"event", "level", "timestamp", "node", "site"} <= doc.keys(), doc
