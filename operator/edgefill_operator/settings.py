@@ -17,6 +17,9 @@
   few KiB); catalogues never enter the spec, so the 256 KiB limit is safe.
 * Handlers return None, so kopf writes nothing of its own into status.
 * Posting: Events at INFO and above, reported as component edgefill-operator.
+* Exit: on SIGTERM kopf waits at most 25 s for handlers in flight, below the
+  30 s grace period of a pod, then exits; a step cut short is simply re-run
+  by the next instance (every step is idempotent).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
         prefix=names.ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{names.ANNOTATION_PREFIX}/finalizer"
+
+    settings.process.ultimate_exiting_timeout = 25
 
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = names.MANAGED_BY
