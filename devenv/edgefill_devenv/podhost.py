@@ -295,7 +295,9 @@ class PodHost:
             if run_or_none is not None:
                 self._stop(key)
             config_path = folder / "node.local.json"
-            config_path.write_bytes(raw)
+            tmp = config_path.with_suffix(".json.tmp")
+            tmp.write_bytes(raw)
+            tmp.replace(config_path)  # readers (the demo, tests) never see half a file
             self.running[key] = Running(
                 view, digest, self._spawn(view, config_path, folder), folder
             )

@@ -174,6 +174,7 @@ class Stack:
                 f"--kubeconfig={self.cluster.kubeconfig}",
                 f"--workdir={self.workdir / 'pods'}",
                 "--interval=1",
+                f"--namespace={self.namespace}",
             ],
             dict(os.environ),
         )

@@ -15,12 +15,15 @@ import pytest
 
 from edgefill_devenv.catalogue import generate, object_bytes, seed_demo
 from edgefill_devenv.cluster import Cluster
-from edgefill_devenv.s3 import S3Server
+from edgefill_devenv.demo import OBJECTS as DEMO_OBJECTS
+from edgefill_devenv.demo import client_phase, nodes_of, open_windows, start_proxy, wait_filled
+from edgefill_devenv.s3 import S3Server, free_port
 from edgefill_devenv.stack import Stack, eventually, load_examples, running_stack, token_for
 
 pytestmark = pytest.mark.e2e
 
-OBJECTS = 40
+OBJECTS = DEMO_OBJECTS  # the demo's scenario, at the demo's scale
+REQUESTS_PER_SITE = 600
 SITES = {"alpha-east": 2, "beta-west": 2}
 
 
@@ -33,10 +36,20 @@ def stack(
     seed_demo(s3_server.endpoint_url, "catalogue", OBJECTS)
     namespace = f"e2e-{uuid.uuid4().hex[:6]}"
     workdir = Path(tmp_path_factory.mktemp("stack"))
-    with running_stack(k8s_cluster, s3_server.endpoint_url, workdir, namespace) as st:
-        st.wait_sites(list(SITES), timeout=240)
-        yield st
-    k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    proxy_port = free_port()
+    proxy = start_proxy(s3_server.endpoint_url, proxy_port, workdir)
+    try:
+        with running_stack(k8s_cluster, f"http://127.0.0.1:{proxy_port}", workdir, namespace) as st:
+            st.processes["origin-proxy"] = proxy
+            open_windows(st)
+            st.wait_sites(list(SITES), timeout=240)
+            st.proxy_port = proxy_port  # type: ignore[attr-defined]
+            yield st
+    finally:
+        if proxy.poll() is None:
+            proxy.terminate()
+            proxy.wait(30)
+        k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _token_secret() -> tuple[str, bytes]:
@@ -103,3 +116,24 @@ async def _wait_ready(http: aiohttp.ClientSession, url: str, attempts: int = 60)
             pass
         await asyncio.sleep(1)
     raise AssertionError(f"{url} never answered 200")
+
+
+def test_demo_scenario_fills_then_offloads_the_origin(stack: Stack, tmp_path: Path) -> None:
+    """The demo's scenario with its figures asserted: fill completes on every site,
+    every client byte verifies, and in the client phase the origin sends less than
+    20% of the bytes served."""
+    nodes = eventually(
+        "a node per pod",
+        lambda: n if len(n := nodes_of(stack)) == sum(SITES.values()) else None,
+        120,
+    )
+    wait_filled(stack, nodes, timeout=420)
+    report = client_phase(stack, nodes, OBJECTS, REQUESTS_PER_SITE, stack.proxy_port, tmp_path)  # type: ignore[attr-defined]
+    assert set(report["sites"]) == set(SITES)
+    for site, data in report["sites"].items():
+        assert data["errors"] == {}, f"{site}: {data['errors']}"
+        assert data["clientRequests"] == REQUESTS_PER_SITE
+        assert data["hitRatio"]["hit"] > 0.5, f"{site}: {data['hitRatio']}"
+    assert report["originShare"] is not None
+    assert report["originShare"] < 0.2, report
+    assert Path(report["plot"]).stat().st_size > 10_000
