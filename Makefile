@@ -23,6 +23,23 @@ install: ## Install edgefill (editable) with test, lint and dev extras
 cluster-bins: ## Build (once, cached by version) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok
 	bash devenv/build-cluster-bins.sh
 
+.PHONY: tools
+tools: ## Build (once, cached by version) helm, actionlint and hadolint for the chart checks
+	bash devenv/build-tools.sh
+
+.PHONY: chart-crds
+chart-crds: ## Copy crds/ into the Helm chart (a test fails when they drift)
+	charts/edgefill/sync-crds.sh
+
+.PHONY: images
+images: ## Build the operator and cache-node images (needs a Docker engine)
+	docker build --target operator -t edgefill/operator:0.1.0 .
+	docker build --target cache-node -t edgefill/cache-node:0.1.0 .
+
+.PHONY: kind-e2e
+kind-e2e: ## On a machine with Docker: kind cluster, images, chart, examples, e2e suite
+	.github/scripts/kind-e2e.sh
+
 .PHONY: lint
 lint: ## ruff lint and format check
 	ruff check .
@@ -45,7 +62,7 @@ pytest: ## Run the test suite (all tiers); PYTEST_ARGS='-m unit' to narrow
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test
-test: install cluster-bins lint typecheck imports pytest ## Set up, then run every check CI runs
+test: install cluster-bins tools lint typecheck imports pytest ## Set up, then run every check CI runs
 
 .PHONY: cluster-up
 cluster-up: install cluster-bins ## Start the local cluster (real control plane + kwok nodes)
