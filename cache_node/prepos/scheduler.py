@@ -41,7 +41,7 @@ import structlog
 from aiohttp import web
 
 from cache_node.appkeys import NODE
-from cache_node.config import NodeConfig, Origin
+from cache_node.config import NodeConfig
 from cache_node.loader import Fill, FillFailedError, Loader, RetryPolicy
 from cache_node.node import Node
 from cache_node.origin import S3Origin
@@ -158,6 +158,8 @@ class Prepositioner:
             on_fill_done=node.metrics.fill_done,
         )
         self._origins: dict[str, S3Origin] = {}
+        self._own_origins: list[S3Origin] = []
+        self._origins_lock = asyncio.Lock()
         self._catalogues: dict[str, _Catalogue] = {}
         self._members: list[str] = [m.name for m in cfg.peering.members]
         self._previous: list[str] = list(self._members)
@@ -165,6 +167,7 @@ class Prepositioner:
         self._tasks_signature: tuple[object, ...] = ()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._running_bytes = 0
+        self._busy: set[str] = set()  # keys holding one of the fill.concurrency slots
         self._failed_until: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -196,8 +199,9 @@ class Prepositioner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.loader.close()
-        for origin in self._origins.values():
+        for origin in self._own_origins:
             await origin.close()
+        self._own_origins.clear()
         self._origins.clear()
         if self._state_dirty:
             self.state.save(self._state_path)
@@ -240,19 +244,26 @@ class Prepositioner:
             await asyncio.to_thread(self.state.save, self._state_path)
             self._state_dirty = False
 
-    def _origin(self, cfg: Origin, bucket: str) -> S3Origin:
-        origin = self._origins.get(bucket)
-        if origin is None:
-            origin = S3Origin(cfg.model_copy(update={"bucket": bucket}))
-            self._origins[bucket] = origin
-        return origin
-
     async def _started_origin(self, bucket: str) -> S3Origin:
-        known = bucket in self._origins
-        origin = self._origin(self.node.config.origin, bucket)
-        if not known:
-            await origin.start()
-        return origin
+        """The S3 client for ``bucket``: the node's own for its origin bucket, else ours."""
+        async with self._origins_lock:
+            origin = self._origins.get(bucket)
+            if origin is not None:
+                return origin
+            loader = self.node.loader
+            shared = [
+                u
+                for u in (loader.upstreams if loader is not None else [])
+                if isinstance(u, S3Origin) and u.config.bucket == bucket
+            ]
+            if shared:
+                origin = shared[0]  # started and closed by the node's resources
+            else:
+                origin = S3Origin(self.node.config.origin.model_copy(update={"bucket": bucket}))
+                await origin.start()
+                self._own_origins.append(origin)
+            self._origins[bucket] = origin
+            return origin
 
     async def _resolve_all(self, cfg: NodeConfig) -> None:
         now = time.monotonic()
@@ -398,7 +409,7 @@ class Prepositioner:
         self.budget_exhausted = False
         mono = time.monotonic()
         for task in self._tasks:
-            if len(self._running) >= cfg.fill.concurrency:
+            if len(self._busy) >= cfg.fill.concurrency:
                 break
             if task.key in self._running or self._stored(task) is not None:
                 continue
@@ -408,6 +419,7 @@ class Prepositioner:
                 self.budget_exhausted = True
                 break
             self._running_bytes += task.item.size
+            self._busy.add(task.key)
             self._running[task.key] = asyncio.create_task(
                 self._fill(task, cfg), name=f"prepos:{task.key}"
             )
@@ -446,6 +458,8 @@ class Prepositioner:
                 source = found.source or "origin"
             else:
                 entry = found
+            # The bytes are in: free the fill slot before the placement's fsyncs.
+            self._release(task)
             if entry.size != task.item.size:
                 log.warning(
                     "prepos_size_mismatch",
@@ -470,7 +484,12 @@ class Prepositioner:
             self.metrics.filled.labels("failed").inc()
             log.warning("prepos_fill_failed", key=task.key, error=str(exc))
         finally:
+            self._release(task)
             self._running.pop(task.key, None)
+
+    def _release(self, task: Task) -> None:
+        if task.key in self._busy:
+            self._busy.discard(task.key)
             self._running_bytes -= task.item.size
             self._wake.set()
 

@@ -153,7 +153,11 @@ class Metered:
                 if opened is not None:
                     return opened
             opened = await self.inner.open(key, 0, None)
-            recorder = await asyncio.to_thread(self.partials.begin, opened.info, self.piece_size)
+            recorder = None
+            if opened.info.size > self.piece_size:  # one piece or less: nothing to resume
+                recorder = await asyncio.to_thread(
+                    self.partials.begin, opened.info, self.piece_size
+                )
             return Opened(info=opened.info, start=0, body=self._body(opened, recorder, None))
         # The loader resumes a body that broke off in this run: meter, do not record.
         opened = await self.inner.open(key, start, if_match)

@@ -1,0 +1,182 @@
+"""Fill throughput of one cache node against a plain aiobotocore download, in one run.
+
+Both sides fetch the same objects from the same S3 origin (the S3 test server
+on loopback, a moto_server child process) with the same concurrency:
+
+* plain: one aiobotocore client, ``concurrency`` tasks, each streaming
+  ``get_object`` bodies into files in a temporary directory (a download to
+  disk, no hashing);
+* node: a cache node (store, loader, the pre-positioning scheduler) fills the
+  same catalogue as a ContentSet from a prefix listing, with
+  ``fill.concurrency`` = ``concurrency`` and a rate cap far above what the
+  machine can move: the fill writes through the store (SHA-256 per piece,
+  fsync, rename) and tees a durable partial for resume.
+
+After one warm-up of the origin the two alternate for ``--rounds`` rounds (other
+load on the machine then hits both alike); each round's and the median ratio
+node/plain are printed (issue 5's goal is at least 0.9x). Not run in CI.
+
+    python bench/fill/fill_throughput.py [--objects 48] [--size-mib 2] [--concurrency 4] \\
+        [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiobotocore.session import get_session
+from aiohttp import web
+
+from cache_node.app import create_apps
+from cache_node.config import NodeConfig
+from cache_node.prepos.scheduler import Prepositioner
+from edgefill_devenv.catalogue import object_bytes
+from edgefill_devenv.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+
+MiB = 1024 * 1024
+BUCKET = "fill-bench"
+PREFIX = "bench/"
+FILL_TIMEOUT_SECONDS = 300
+
+
+def seed(server: S3Server, keys: dict[str, int]) -> None:
+    import boto3  # bench-only: seeding, not measured
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+    )
+    s3.create_bucket(Bucket=BUCKET)
+    for key, size in keys.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=object_bytes(key, size))
+
+
+async def plain_download(server: S3Server, keys: list[str], concurrency: int, out: Path) -> int:
+    session = get_session()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for key in keys:
+        queue.put_nowait(key)
+    total = 0
+    async with session.create_client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    ) as client:
+
+        async def worker() -> None:
+            nonlocal total
+            while not queue.empty():
+                key = queue.get_nowait()
+                resp = await client.get_object(Bucket=BUCKET, Key=key)
+                path = out / key.replace("/", "_")
+                with path.open("wb") as fh:
+                    async with resp["Body"] as body:
+                        while chunk := await body.read(256 * 1024):
+                            fh.write(chunk)
+                            total += len(chunk)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total
+
+
+def node_config(server: S3Server, store: Path, concurrency: int) -> NodeConfig:
+    doc: dict[str, Any] = {
+        "site": {"namespace": "bench", "name": "fill"},
+        "listen": {"host": "127.0.0.1"},
+        "store": {"path": str(store), "maxBytes": 64 * 1024 * MiB},
+        "origin": {"endpointUrl": server.endpoint_url, "bucket": BUCKET},
+        "fill": {
+            "allowOutsideWindow": True,
+            "concurrency": concurrency,
+            "rateLimitBytesPerSecond": 100 * 1024 * MiB,
+        },
+        "fillPlan": [
+            {
+                "name": "bench/set",
+                "generation": 1,
+                "source": {"bucket": BUCKET, "prefixes": [PREFIX]},
+            }
+        ],
+        "tokens": {"enabled": False},
+        "tracker": {"enabled": False},
+    }
+    return NodeConfig.model_validate(doc)
+
+
+async def node_fill(server: S3Server, store: Path, concurrency: int, count: int) -> float:
+    """Seconds from the scheduler's start until every object is stored."""
+    apps = create_apps(node_config(server, store, concurrency), "bench-0")
+    runner = web.AppRunner(apps.client, access_log=None)
+    await runner.setup()
+    try:
+        while not apps.node.ready:  # noqa: ASYNC110 - a plain flag set by store recovery
+            await asyncio.sleep(0.01)
+        prepos = Prepositioner(apps.node, tick=0.05)
+        began = time.perf_counter()
+        prepos.start()
+        try:
+            while True:
+                progress = prepos.progress.get("bench/set")
+                if progress is not None and progress.objects_stored == count:
+                    break
+                if time.perf_counter() - began > FILL_TIMEOUT_SECONDS:
+                    raise RuntimeError(f"the node did not fill in time: {prepos.report()}")
+                await asyncio.sleep(0.002)
+            return time.perf_counter() - began
+        finally:
+            await prepos.close()
+    finally:
+        await runner.cleanup()
+
+
+async def run(args: argparse.Namespace) -> None:
+    keys = {f"{PREFIX}obj-{i:04d}.bin": args.size_mib * MiB for i in range(args.objects)}
+    total = sum(keys.values())
+    mb = total / 1e6
+    ratios: list[float] = []
+    print(f"objects={args.objects} size={args.size_mib} MiB concurrency={args.concurrency}")
+    with tempfile.TemporaryDirectory() as tmp, S3Server(log_path=Path(tmp) / "moto.log") as s3:
+        root = Path(tmp)
+        os.environ.update(s3.env())  # the node's default credential chain finds these
+        seed(s3, keys)
+        (root / "warm").mkdir()
+        await plain_download(s3, list(keys), args.concurrency, root / "warm")  # warm-up
+        # Alternate the two, so load from other processes hits both alike.
+        for n in range(args.rounds):
+            (root / f"plain-{n}").mkdir()
+            began = time.perf_counter()
+            got = await plain_download(s3, list(keys), args.concurrency, root / f"plain-{n}")
+            plain = time.perf_counter() - began
+            assert got == total
+            node = await node_fill(s3, root / f"store-{n}", args.concurrency, len(keys))
+            ratios.append(plain / node)
+            print(
+                f"round {n + 1}: plain aiobotocore {mb / plain:7.1f} MB/s, "
+                f"cache node fill {mb / node:7.1f} MB/s, ratio {plain / node:.2f}x"
+            )
+    print(f"ratio node/plain (median of {args.rounds}): {statistics.median(ratios):.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=48)
+    parser.add_argument("--size-mib", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating plain/node rounds")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
