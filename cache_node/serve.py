@@ -156,10 +156,14 @@ async def _serve_entry(request: web.Request, node: Node, entry: Entry) -> web.St
         headers.pop("Content-Length", None)
         resp = web.StreamResponse(status=p.status, headers=headers)
         resp.content_length = p.span.length
-        await resp.prepare(request)
-        await _sendfile(request, resp, fd, p.span.start, p.span.length)
+        try:
+            await resp.prepare(request)
+            await _sendfile(request, resp, fd, p.span.start, p.span.length)
+            await resp.write_eof()
+        except ConnectionResetError:  # the client went away mid-body: nothing to answer
+            log.debug("client_gone", key=entry.key)
+            return resp
         node.metrics.hit_bytes.inc(p.span.length)
-        await resp.write_eof()
         return resp
     finally:
         os.close(fd)
@@ -247,6 +251,9 @@ async def _serve_fill(request: web.Request, node: Node, fill: Fill) -> web.Strea
                     await resp.write(chunk)
                     pos += len(chunk)
                     want -= len(chunk)
+        except ConnectionResetError:  # the client went away; the fill carries on for others
+            log.debug("client_gone", key=fill.key, sent=pos)
+            return resp
         except FillFailedError as exc:
             node.metrics.requests.labels("error").inc()
             log.warning("client_aborted_fill_failed", key=fill.key, sent=pos, error=str(exc))

@@ -219,3 +219,23 @@ async def test_total_deadline_aborts_a_stalled_fill(
             text = await resp.text()
         assert 'edgefill_fills_total{outcome="failed"} 1.0' in text
         assert 'edgefill_requests_total{result="error"} 1.0' in text
+
+
+async def test_a_client_leaving_mid_miss_does_not_cancel_the_fill(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    key = "vod/medium.bin"
+    proxy.pace_seconds = 0.02
+    async with (
+        live_node(config_for(proxy.endpoint_url, bucket.name)) as node,
+        aiohttp.ClientSession() as s,
+    ):
+        async with s.get(f"{node.client_url}/{key}") as resp:
+            assert resp.status == 200
+            first = await resp.content.readany()
+            assert first == bucket.objects[key][: len(first)]
+            resp.close()  # hang up after the first bytes
+        await until(lambda: key in node.store, "the fill committed without its client")
+        status, _, body = await _get(s, f"{node.client_url}/{key}")
+        assert (status, body) == (200, bucket.objects[key])
+    assert proxy.object_gets(key) == 1
