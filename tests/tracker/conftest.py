@@ -86,6 +86,7 @@ def signing_key_file(tmp_path: Path) -> Path:
 
 
 CLIENTS_JS = Path(__file__).resolve().parents[2] / "clients" / "js"
+PML_DIST = Path(__file__).with_name("js") / "node_modules" / "p2p-media-loader-core" / "dist"
 
 PEER_PAGE = """<!doctype html><meta charset="utf-8"><title>edgefill peer</title>
 <script type="module">
@@ -154,6 +155,8 @@ async def live_tracker(signing_key_file: Path) -> AsyncIterator[Callable[..., An
         # reads of the same bytes) and the client helper modules for browser pages.
         app.router.add_get("/objects/{key:.+}", _object_view(objects))
         app.router.add_static("/clients/", CLIENTS_JS)
+        if PML_DIST.is_dir():
+            app.router.add_static("/_test/pml/", PML_DIST)
         app.router.add_get("/_test/peer.html", _peer_page)
         runner = web.AppRunner(app, shutdown_timeout=2.0)
         await runner.setup()

@@ -1,0 +1,67 @@
+"""Browser tier: unmodified p2p-media-loader (npm p2p-media-loader-core, the engine of its
+hls.js and Shaka integrations) in two headless Chromium pages, through our tracker.
+
+The object's pieces are the stream's segments (byte ranges of the web seed URL).
+p2p-media-loader derives its own info-hash from its swarm id; its tracker URL is the
+manifest's ``announce`` (which names the object with ``object=``), so the tracker
+admits that hash as a swarm of the served object. Every segment, from HTTP or a peer,
+passes ``validateP2PSegment`` / ``validateHTTPSegment`` against the signed manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import PIECE, object_bytes
+
+pytestmark = pytest.mark.browser
+
+JS = Path(__file__).with_name("js")
+KEY = "vod/pml/stream.ts"
+DATA = object_bytes(KEY, 6 * PIECE + 777)
+
+
+async def test_p2p_media_loader_viewers_share_segments(live_tracker: Any) -> None:
+    chromium = shutil.which("chromium")
+    node = shutil.which("node")
+    if (
+        chromium is None
+        or node is None
+        or not (JS / "node_modules" / "p2p-media-loader-core").is_dir()
+    ):
+        pytest.fail("needs apt chromium, node and `npm ci --ignore-scripts` in tests/tracker/js")
+    t = await live_tracker({KEY: DATA})
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        "pml-peers.mjs",
+        t.url,
+        KEY,
+        chromium,
+        cwd=JS,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail("the p2p-media-loader script did not finish")
+    lines = out.decode().strip().splitlines()
+    assert lines, err.decode()[-3000:]
+    result = json.loads(lines[-1])
+    assert result["ok"], (result, err.decode()[-3000:])
+    segments = -(-len(DATA) // PIECE)
+    viewer, seeder = result["viewer"], result["seeder"]
+    assert seeder["http"] == len(DATA)
+    assert seeder["verified"] == segments
+    assert viewer["p2p"] > 0  # segments came from the other page over WebRTC
+    assert viewer["http"] + viewer["p2p"] == len(DATA)
+    assert viewer["verified"] == segments  # every segment checked against the manifest
+    assert viewer["rejected"] == 0
