@@ -167,6 +167,7 @@ class Prepositioner:
         self._tasks_signature: tuple[object, ...] = ()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._running_bytes = 0
+        self._unplaced: list[Task] = []
         self._busy: set[str] = set()  # keys holding one of the fill.concurrency slots
         self._failed_until: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -238,6 +239,12 @@ class Prepositioner:
         if tasks_changed:
             await self._reconcile_pins()
         self._update_progress()
+        for task in self._unplaced:
+            if task.key not in self._running:
+                await self.store.set_placement(
+                    task.key, pinned=task.pinned, content_set=task.content_set
+                )
+        self._unplaced.clear()
         self._dispatch(cfg)
         if self._state_dirty:
             self.state.budget_used = self.budget.used
@@ -392,9 +399,14 @@ class Prepositioner:
                 continue
             p.objects_total += 1
             p.bytes_total += task.item.size
-            if self._stored(task) is not None:
+            stored = self._stored(task)
+            if stored is not None:
                 p.objects_stored += 1
                 p.bytes_stored += task.item.size
+                meta = stored.meta
+                if (meta.pinned, meta.content_set) != (task.pinned, task.content_set):
+                    # Committed by a client miss (dynamic) before pre-positioning got to it.
+                    self._unplaced.append(task)
         self.progress = progress
 
     def _dispatch(self, cfg: NodeConfig) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -320,5 +321,44 @@ async def test_rate_cap_holds_across_concurrent_streams(
                         break
                     await asyncio.sleep(0.01)
                 assert proxy.total_bytes() == sum(sizes.values())
+            finally:
+                await prepos.close()
+
+
+async def test_pinned_content_survives_dynamic_misses_and_a_miss_first_gets_pinned(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    dynamic = {f"other/d-{i:02d}.bin": 16 * KiB for i in range(12)}
+    bucket = seed(s3_server, {**SIZES, **dynamic})
+    async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
+        cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, {"allowOutsideWindow": True})
+        budget = TOTAL + 48 * KiB  # room for all pinned content and three dynamic objects
+        cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"max_bytes": budget})})
+        async with running_node(cfg) as (node, client), aiohttp.ClientSession() as session:
+            store = node.store
+            assert store is not None
+            first = "set/obj-00.bin"
+            async with session.get(f"{client}/{first}") as resp:  # a client miss comes first
+                assert resp.status == 200
+                await resp.read()
+            for _ in range(500):  # cut-through: the body may end before the commit
+                entry = store.peek(first)
+                if entry is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert entry is not None
+            assert not entry.meta.pinned
+            prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
+            try:
+                await settle(prepos)
+                assert proxy.object_gets(first) == 1  # pinned in place, not fetched again
+                assert store.stats.pinned_objects == len(SIZES)
+                for key in dynamic:
+                    async with session.get(f"{client}/{key}") as resp:
+                        assert resp.status == 200
+                        await resp.read()
+                assert store.stats.evictions["dynamic"] > 0
+                assert store.stats.evictions["pinned"] == 0
+                assert all(store.peek(key) is not None for key in SIZES)
             finally:
                 await prepos.close()
