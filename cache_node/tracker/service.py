@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from cache_node import ring
 from cache_node.config import NodeConfig
-from cache_node.tracker import bencode, hrw, metrics
+from cache_node.tracker import bencode, metrics
 from cache_node.tracker.addresses import (
     AddressError,
     IPAddress,
@@ -319,14 +320,15 @@ class TrackerService:
     def owner_url(self, key: str) -> str | None:
         """Client base URL of the member owning ``key``'s swarm, when that is not us.
 
-        Swarms live where their object lives (the same HRW ranking as content),
-        so a site's tracker load spreads over its members like its bytes do.
+        Swarms live where their object lives (``cache_node.ring``, the same HRW
+        ranking as content), so a site's tracker load spreads over its members
+        like its bytes do.
         """
         urls = self.config.member_client_urls
         if not urls or not self.members:
             return None
-        owner = hrw.owner(key, self.members)
-        if owner is None or owner == self.node_name:
+        owner = ring.rank(key, self.members)[0]
+        if owner == self.node_name:
             return None
         return urls.get(owner)
 
@@ -338,7 +340,7 @@ class TrackerService:
         """
         urls = self.config.member_client_urls
         if urls and self.members:
-            ranked = [urls[m].rstrip("/") for m in hrw.rank(key, self.members) if m in urls]
+            ranked = [urls[m].rstrip("/") for m in ring.rank(key, self.members) if m in urls]
             if ranked:
                 return ranked[:2]
         parts = urllib.parse.urlsplit(self.web_seed_url)

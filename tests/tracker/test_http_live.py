@@ -15,7 +15,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
-from cache_node.tracker import hrw, register
+from cache_node import ring
+from cache_node.tracker import register
 from cache_node.tracker.addresses import parse_compact
 from cache_node.tracker.bencode import decode
 from cache_node.tracker.manifest import b64url_decode, verify_manifest, verify_piece
@@ -203,13 +204,15 @@ async def test_swarms_live_on_their_owner(live_tracker: Any) -> None:
     # pick an object this node (node-0) does not own, and one it owns
     names = [m["name"] for m in members]
     foreign = next(
-        f"vod/x{i}.ts" for i in range(100) if hrw.owner(f"vod/x{i}.ts", names) != "node-0"
+        f"vod/x{i}.ts" for i in range(100) if ring.rank(f"vod/x{i}.ts", names)[0] != "node-0"
     )
-    local = next(f"vod/x{i}.ts" for i in range(100) if hrw.owner(f"vod/x{i}.ts", names) == "node-0")
+    local = next(
+        f"vod/x{i}.ts" for i in range(100) if ring.rank(f"vod/x{i}.ts", names)[0] == "node-0"
+    )
     objects = {foreign: DATA, local: DATA}
     t = await live_tracker(objects, members=members, tracker={"memberClientUrls": urls})
     body = await manifest_of(t.url, foreign)
-    owner, fallback = hrw.rank(foreign, names)[:2]
+    owner, fallback = ring.rank(foreign, names)[:2]
     query = urllib.parse.urlencode({"object": foreign})
     assert body["announceList"] == [
         [f"wss://{owner}.edge.example/announce?{query}", f"{urls[owner]}/announce?{query}"],
