@@ -19,6 +19,10 @@ help: ## Show this help
 install: ## Install edgefill (editable) with test, lint and dev extras
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
 
+.PHONY: deps
+deps: ## System and JS packages the tests need (chromium, npm clients), only when missing
+	bash devenv/install-deps.sh
+
 .PHONY: cluster-bins
 cluster-bins: ## Build (once, cached by version) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok
 	bash devenv/build-cluster-bins.sh
@@ -62,7 +66,7 @@ pytest: ## Run the test suite (all tiers); PYTEST_ARGS='-m unit' to narrow
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test
-test: install cluster-bins tools lint typecheck imports pytest ## Set up, then run every check CI runs
+test: install deps cluster-bins tools lint typecheck imports pytest ## Set up, then run every check CI runs
 
 .PHONY: cluster-up
 cluster-up: install cluster-bins ## Start the local cluster (real control plane + kwok nodes)

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from cache_node import logs
 from cache_node.app import Apps, create_apps
 from cache_node.config import NodeConfig, load
 from cache_node.prepos.scheduler import install as prepos_install
+from cache_node.tracker.wiring import extension as tracker_extension
 
 DEFAULT_CONFIG = "/etc/edgefill/node.json"
 
@@ -53,6 +55,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer-port", type=int, help="override listen.peerPort")
     parser.add_argument("--metrics-port", type=int, help="override listen.metricsPort")
     parser.add_argument("--store-path", help="override store.path")
+    parser.add_argument(
+        "--public-url",
+        default=os.environ.get("EDGEFILL_PUBLIC_URL"),
+        help=(
+            "base URL clients reach this node's client port at, offered as the web seed "
+            "(env EDGEFILL_PUBLIC_URL; default: http://<EDGEFILL_POD_IP or listen host>:<port>/)"
+        ),
+    )
     parser.add_argument(
         "--event-loop",
         choices=("auto", "asyncio", "uvloop"),
@@ -124,13 +134,31 @@ async def serve(apps: Apps, stop: asyncio.Event) -> None:
             await runner.cleanup()
 
 
-async def _amain(config: NodeConfig, node_name: str, config_path: Path | None = None) -> None:
+def public_url(config: NodeConfig, given: str | None) -> str:
+    """The web-seed base URL: given, else this pod's IP (or listen host) and client port."""
+    if given:
+        return given if given.endswith("/") else given + "/"
+    host = os.environ.get("EDGEFILL_POD_IP") or config.listen.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.listen.client_port}/"
+
+
+async def _amain(
+    config: NodeConfig, node_name: str, config_path: Path | None = None, web_seed: str = ""
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    extensions = [
+        prepos_install,
+        tracker_extension(node_name=node_name, web_seed_url=web_seed or public_url(config, None)),
+    ]
     await serve(
-        create_apps(config, node_name, extensions=[prepos_install], config_path=config_path), stop
+        create_apps(config, node_name, extensions=extensions, config_path=config_path), stop
     )
 
 
@@ -151,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(_amain(config, args.node_name, args.config))
+        uvloop.run(_amain(config, args.node_name, args.config, public_url(config, args.public_url)))
     else:
-        asyncio.run(_amain(config, args.node_name, args.config))
+        asyncio.run(
+            _amain(config, args.node_name, args.config, public_url(config, args.public_url))
+        )
     return 0
 
 

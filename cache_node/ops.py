@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from cache_node.appkeys import NODE
 from cache_node.metrics import RESULTS
@@ -68,7 +68,10 @@ def status_document(node: Node) -> dict[str, Any]:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[NODE].metrics.registry)
+    # The node's own registry (one per Node, so several nodes can share a test
+    # process) plus the process-wide default one: the tracker's metrics and the
+    # process/GC collectors live there.
+    body = generate_latest(request.app[NODE].metrics.registry) + generate_latest(REGISTRY)
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

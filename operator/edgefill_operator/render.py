@@ -439,7 +439,12 @@ def render_statefulset(inputs: SiteInputs) -> Manifest:
             {
                 "name": "EDGEFILL_NODE_NAME",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-            }
+            },
+            {
+                # The web-seed URL the tracker offers clients is this pod's address.
+                "name": "EDGEFILL_POD_IP",
+                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+            },
         ],
         "ports": [
             {"name": "client", "containerPort": p["client"], "protocol": "TCP"},

@@ -188,6 +188,8 @@ async def test_head_on_a_miss_and_metrics_and_status(
     assert 'edgefill_fills_total{outcome="committed"} 1.0' in text
     assert 'edgefill_fills_total{outcome="not_found"} 1.0' in text
     assert "edgefill_origin_request_duration_seconds_count 2.0" in text
+    # The process-wide registry is served too (the tracker's metrics live there).
+    assert "# TYPE python_info gauge" in text
     assert f'edgefill_store_bytes{{class="dynamic"}} {float(size)}' in text
     assert doc["store"]["objects"] == 1
     assert doc["store"]["bytes"] == size

@@ -5,6 +5,7 @@ the S3 origin, and a live cache-node process per cache-node pod.
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,20 @@ def test_every_cache_node_pod_is_a_live_process(stack: Stack) -> None:
     for nodes in by_site.values():
         for cfg in nodes:
             assert cfg["listen"]["host"].startswith("127.100.")
+    # The node binary wires the peer-assist tracker: its metrics are served.
+    cfg = by_site["alpha-east"][0]
+    url = f"http://{cfg['listen']['host']}:{cfg['listen']['metricsPort']}/metrics"
+
+    def metrics() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return str(resp.read().decode())
+        except OSError:
+            return None
+
+    text = eventually("node metrics", metrics, 60)
+    assert "edgefill_tracker_announces_total" in text
+    assert "edgefill_requests_total" in text
 
 
 async def test_clients_get_verified_bytes_from_each_site(stack: Stack) -> None:
