@@ -32,6 +32,8 @@ STORE_DIR = "/var/cache/edgefill"
 ORIGIN_CREDENTIALS_DIR = f"{CONFIG_DIR}/origin"
 TOKEN_KEYS_DIR = f"{CONFIG_DIR}/tokens"
 PEER_SECRET_DIR = f"{CONFIG_DIR}/peer"
+TRACKER_KEY_DIR = f"{CONFIG_DIR}/tracker"
+TRACKER_KEY_FILE = "manifest-signing.key"
 PEER_SECRET_KEY = "secret"  # noqa: S105 - the key name inside the Secret, not a secret
 
 

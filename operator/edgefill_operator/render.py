@@ -163,6 +163,16 @@ def node_config(inputs: SiteInputs) -> dict[str, Any]:
     if tokens_enabled or tokens.get("secretRef"):
         tokens_doc["keysDir"] = names.TOKEN_KEYS_DIR
 
+    tracker_doc: dict[str, Any] = {
+        "enabled": bool(tracker.get("enabled", True)),
+        "announceIntervalSeconds": int(tracker.get("announceIntervalSeconds", 120)),
+        "maxPeersPerSwarm": int(tracker.get("maxPeersPerSwarm", 1000)),
+        "maxNumwant": int(tracker.get("maxNumwant", 50)),
+        "trustedProxies": list(tracker.get("trustedProxies") or []),
+    }
+    if tracker.get("manifestSigningKeySecretRef"):
+        tracker_doc["manifestKeyFile"] = f"{names.TRACKER_KEY_DIR}/{names.TRACKER_KEY_FILE}"
+
     return {
         "schemaVersion": 1,
         "site": {"namespace": inputs.namespace, "name": inputs.name},
@@ -183,12 +193,7 @@ def node_config(inputs: SiteInputs) -> dict[str, Any]:
         "fill": fill_doc,
         "fillPlan": list(inputs.fill_plan),
         "tokens": tokens_doc,
-        "tracker": {
-            "enabled": bool(tracker.get("enabled", True)),
-            "announceIntervalSeconds": int(tracker.get("announceIntervalSeconds", 120)),
-            "maxPeersPerSwarm": int(tracker.get("maxPeersPerSwarm", 1000)),
-            "maxNumwant": int(tracker.get("maxNumwant", 50)),
-        },
+        "tracker": tracker_doc,
         "clientNetworks": list(spec.get("clientNetworks") or []),
     }
 
@@ -404,6 +409,18 @@ def render_statefulset(inputs: SiteInputs) -> Manifest:
                 "token-keys",
                 tokens["secretRef"]["name"],
                 [(k["secretKey"], k["id"]) for k in tokens.get("keys") or []],
+            )
+        )
+    signing = (spec.get("tracker") or {}).get("manifestSigningKeySecretRef")
+    if signing:
+        mounts.append(
+            {"name": "tracker-signing-key", "mountPath": names.TRACKER_KEY_DIR, "readOnly": True}
+        )
+        volumes.append(
+            _secret_volume(
+                "tracker-signing-key",
+                signing["name"],
+                [(signing.get("key", "ed25519"), names.TRACKER_KEY_FILE)],
             )
         )
     if peering.get("secretRef"):

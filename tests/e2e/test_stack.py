@@ -119,6 +119,15 @@ async def test_clients_get_verified_bytes_from_each_site(stack: Stack) -> None:
                     assert await resp.read() == body[1000:2000]
                 async with http.get(url) as resp:
                     assert resp.status in (401, 403)
+                # Peer assist: the node signs the object's piece-hash manifest with
+                # the key the operator mounted; every piece hash matches the body.
+                manifest_url = f"http://{host}:{listen['clientPort']}/manifest/{entry.key}"
+                async with http.get(manifest_url, params={"token": token}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    signed = await resp.json()
+                async with http.get(f"http://{host}:{listen['clientPort']}/manifest-keys") as resp:
+                    keys = await resp.json()
+                _verify_manifest(signed, keys, body)
 
 
 async def _wait_ready(http: aiohttp.ClientSession, url: str, attempts: int = 60) -> None:
@@ -152,3 +161,30 @@ def test_demo_scenario_fills_then_offloads_the_origin(stack: Stack, tmp_path: Pa
     assert report["originShare"] is not None
     assert report["originShare"] < 0.2, report
     assert Path(report["plot"]).stat().st_size > 10_000
+
+
+def _verify_manifest(signed: dict[str, Any], keys: Any, body: bytes) -> None:
+    """Check the Ed25519 signature and every piece hash against the object's bytes."""
+    import base64
+    import hashlib
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    assert signed["alg"] == "Ed25519"
+    entries = keys["keys"] if isinstance(keys, dict) else keys
+    entry = next(k for k in entries if k.get("keyId", k.get("kid")) == signed["keyId"])
+    raw = entry.get("publicKey") or entry.get("x")
+    pad = "=" * (-len(raw) % 4)
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(raw + pad))
+    sig = signed["signature"]
+    public.verify(
+        base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)), signed["manifest"].encode()
+    )
+    manifest = json.loads(signed["manifest"])
+    size, piece = manifest["size"], manifest["pieceSize"]
+    hashes = manifest["pieces"]
+    assert size == len(body)
+    assert len(hashes) == -(-size // piece)
+    for i, digest in enumerate(hashes):
+        assert digest == hashlib.sha256(body[i * piece : (i + 1) * piece]).hexdigest()

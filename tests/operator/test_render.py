@@ -242,3 +242,21 @@ def test_disabled_tokens_render_no_keys_dir(edge_example: Any, node_schema: dict
     doc = node_config(SiteInputs(site=site))
     assert doc["tokens"] == {"enabled": False, "clockSkewSeconds": 30}
     jsonschema.validate(doc, node_schema)
+
+
+def test_manifest_signing_key_is_mounted_and_configured(
+    edge_example: Any, node_schema: dict[str, Any]
+) -> None:
+    inputs = _inputs(edge_example, "alpha-east")
+    sts = render_statefulset(inputs)
+    pod = sts["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "tracker-signing-key")
+    assert volume["secret"]["secretName"] == "tracker-signing-key"
+    assert volume["secret"]["items"] == [{"key": "ed25519", "path": "manifest-signing.key"}]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    doc = node_config(inputs)
+    assert doc["tracker"]["manifestKeyFile"] == f"{mount['mountPath']}/manifest-signing.key"
+    assert doc["tracker"]["trustedProxies"] == []
+    jsonschema.validate(doc, node_schema)
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["EDGEFILL_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
