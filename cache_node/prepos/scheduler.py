@@ -94,10 +94,12 @@ class _Catalogue:
 
 @dataclass
 class State:
-    """What must survive a restart: invalidations done and budget used per window."""
+    """What must survive a restart: invalidations done, budget used per window, and the
+    membership the node last filled under (so old owners are still asked after a restart)."""
 
     invalidations: set[str] = field(default_factory=set)
     budget_used: dict[str, int] = field(default_factory=dict)
+    members: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -106,6 +108,7 @@ class State:
             return cls(
                 invalidations={str(i) for i in doc.get("invalidations", [])},
                 budget_used={str(k): int(v) for k, v in doc.get("budgetUsed", {}).items()},
+                members=[str(m) for m in doc.get("members", [])],
             )
         except FileNotFoundError:
             return cls()
@@ -116,7 +119,11 @@ class State:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        doc = {"invalidations": sorted(self.invalidations), "budgetUsed": self.budget_used}
+        doc = {
+            "invalidations": sorted(self.invalidations),
+            "budgetUsed": self.budget_used,
+            "members": self.members,
+        }
         with open(tmp, "wb") as fh:  # noqa: PTH123 - need the descriptor for fsync
             fh.write(json.dumps(doc, sort_keys=True).encode())
             fh.flush()
@@ -162,7 +169,7 @@ class Prepositioner:
         self._origins_lock = asyncio.Lock()
         self._catalogues: dict[str, _Catalogue] = {}
         self._members: list[str] = [m.name for m in cfg.peering.members]
-        self._previous: list[str] = list(self._members)
+        self._previous: list[str] = list(self.state.members or self._members)
         self._tasks: list[Task] = []
         self._tasks_signature: tuple[object, ...] = ()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -233,6 +240,9 @@ class Prepositioner:
         if members != self._members:
             log.info("prepos_members_changed", before=self._members, after=members)
             self._previous, self._members = self._members, members
+        if self.state.members != members:
+            self.state.members = list(members)
+            self._state_dirty = True
         await self._resolve_all(cfg)
         await self._invalidate(cfg)
         tasks_changed = self._plan(cfg)

@@ -295,25 +295,34 @@ async def test_rate_cap_holds_across_concurrent_streams(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
     """Bytes from the origin over a measured interval stay within 10% of the cap."""
-    rate = 1024 * KiB
-    sizes = {f"set/r-{i:02d}.bin": 96 * KiB for i in range(40)}  # ~3.75 s at the cap
+    rate = 3 * 1024 * KiB
+    sizes = {f"set/r-{i:02d}.bin": 128 * KiB for i in range(108)}  # 4.5 s at the cap
     bucket = seed(s3_server, sizes)
     async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
-        fill = {"allowOutsideWindow": True, "concurrency": 6, "rateLimitBytesPerSecond": rate}
+        fill = {"allowOutsideWindow": True, "concurrency": 4, "rateLimitBytesPerSecond": rate}
         cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, fill)
         async with running_node(cfg) as (node, _):
             prepos = Prepositioner(node, tick=0.05)
             prepos.start()
             try:
-                for _ in range(2000):  # wait for the fill to be under way (past the burst)
-                    if proxy.total_bytes() > rate // 2:
+                # Past the burst, and past the socket buffers of the streams filling up
+                # (the origin side can run ahead of the node by those, once).
+                for _ in range(2000):
+                    if proxy.total_bytes() > rate:
                         break
                     await asyncio.sleep(0.01)
-                t0, b0 = time.monotonic(), proxy.total_bytes()
-                await asyncio.sleep(2.0)
-                t1, b1 = time.monotonic(), proxy.total_bytes()
-                measured = (b1 - b0) / (t1 - t0)
-                assert 0.9 * rate <= measured <= 1.1 * rate, measured
+                # Two 1.5 s windows: neither may exceed the cap by more than 10%, and (the
+                # cap, not the machine, being what limits the fill) one reaches 90% of it; a
+                # loaded shared machine may starve this one event loop for a moment.
+                rates = []
+                for _ in range(2):
+                    t0, b0 = time.monotonic(), proxy.total_bytes()
+                    await asyncio.sleep(1.5)
+                    t1, b1 = time.monotonic(), proxy.total_bytes()
+                    rates.append((b1 - b0) / (t1 - t0))
+                print(f"origin bytes/s per window: {[round(r) for r in rates]}, cap {rate}")
+                assert max(rates) <= 1.1 * rate, rates
+                assert max(rates) >= 0.9 * rate, rates
                 for _ in range(2000):
                     if prepos.progress.get(SET) and not (
                         prepos.progress[SET].objects_total - prepos.progress[SET].objects_stored
