@@ -78,6 +78,11 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive unless store recovery failed: that node would stay unready for good, so
+    liveness fails and the kubelet restarts it (a fresh recovery, visible as restarts)."""
+    error = request.app[NODE].recovery_error
+    if error:
+        return web.json_response({"alive": False, "reason": error}, status=503)
     return web.json_response({"alive": True})
 
 

@@ -241,3 +241,24 @@ async def test_a_client_leaving_mid_miss_does_not_cancel_the_fill(
         status, _, body = await _get(s, f"{node.client_url}/{key}")
         assert (status, body) == (200, bucket.objects[key])
     assert proxy.object_gets(key) == 1
+
+
+async def test_liveness_fails_after_a_failed_store_recovery(
+    config_for: Callable[..., NodeConfig],
+) -> None:
+    """A node whose recovery failed would stay unready for good: liveness must fail so
+    the kubelet restarts it, instead of an alive-but-never-ready pod."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from cache_node.app import create_apps
+
+    apps = create_apps(config_for("http://127.0.0.1:9", "unused-bucket"), "n0")
+    async with TestClient(TestServer(apps.metrics)) as client:
+        resp = await client.get("/healthz")
+        assert resp.status == 200
+        apps.node.recovery_error = "store recovery exceeded its 120 s deadline"
+        resp = await client.get("/healthz")
+        assert resp.status == 503
+        assert (await resp.json())["reason"].startswith("store recovery exceeded")
+        resp = await client.get("/readyz")
+        assert resp.status == 503
