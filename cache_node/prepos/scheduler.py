@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -118,7 +119,9 @@ class State:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # A unique temp name: a save still running in a worker thread (its step was
+        # cancelled at shutdown) must not race the final save on the same file.
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
         doc = {
             "invalidations": sorted(self.invalidations),
             "budgetUsed": self.budget_used,
