@@ -96,6 +96,17 @@ demo: install cluster-bins ## Run the end-to-end demo on the local cluster
 demo-down: ## Stop everything the demo started
 	$(PYTHON) -m edgefill_devenv.demo down
 
+.PHONY: bench
+bench: ## Benchmarks against named peers (nginx, libCacheSim, aiobotocore, bittorrent-tracker); prints ratios
+	$(PIP) install --quiet -e '.[bench]'
+	command -v nginx >/dev/null && command -v wrk >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq nginx wrk; }
+	$(PYTHON) bench/cache_node/hit_throughput.py --seconds 5
+	$(PYTHON) bench/cache_node/eviction_hit_ratio.py
+	$(PYTHON) bench/cache_node/peer_ttfb.py --objects 30
+	$(PYTHON) bench/fill/fill_throughput.py
+	$(PYTHON) bench/tracker/run.py --seconds 10 --rounds 3
+
 .PHONY: pre-commit
 pre-commit: ## Run the pre-commit hooks on every file
 	pre-commit run --all-files
