@@ -83,6 +83,23 @@ def parse_jsonl(text: str, name: str = "manifest") -> list[Item]:
     return items
 
 
+def parse_json_array(text: str, name: str = "manifest") -> list[Item]:
+    """A ``.json`` manifest: one JSON array of ``{"key", "size", "rank"?}`` objects."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CatalogueError(f"{name}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, list):
+        raise CatalogueError(f"{name}: a .json manifest must be an array of objects")
+    items: list[Item] = []
+    for number, entry in enumerate(doc, start=1):
+        where = f"{name} entry {number}"
+        if not isinstance(entry, dict) or "key" not in entry or "size" not in entry:
+            raise CatalogueError(f"{where}: needs an object with both 'key' and 'size'")
+        items.append(_item(entry["key"], entry["size"], entry.get("rank"), len(items) + 1, where))
+    return items
+
+
 def parse_csv(text: str, name: str = "manifest") -> list[Item]:
     items: list[Item] = []
     for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
@@ -100,12 +117,19 @@ def parse_csv(text: str, name: str = "manifest") -> list[Item]:
 
 
 def parse_manifest(raw: bytes, key: str) -> list[Item]:
-    """Parse a manifest object; CSV when its key ends in ``.csv``, JSON lines otherwise."""
+    """Parse a manifest object by its extension: ``.csv``, ``.json`` (one array),
+    anything else JSON lines (``.jsonl``, ``.ndjson``)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise CatalogueError(f"manifest {key} is not UTF-8 text") from None
-    items = parse_csv(text, key) if key.lower().endswith(".csv") else parse_jsonl(text, key)
+    lowered = key.lower()
+    if lowered.endswith(".csv"):
+        items = parse_csv(text, key)
+    elif lowered.endswith(".json"):
+        items = parse_json_array(text, key)
+    else:
+        items = parse_jsonl(text, key)
     return dedupe(items)
 
 

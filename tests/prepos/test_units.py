@@ -26,6 +26,16 @@ def test_manifest_roundtrip_jsonl_and_csv_from_the_devenv_publisher() -> None:
     assert parse_manifest(manifest(entries, "csv"), "m/cat.csv") == expected
 
 
+def test_json_manifest_is_one_array() -> None:
+    """The CRD accepts .json manifest keys: a single JSON array, not JSON lines."""
+    raw = b'[{"key": "b", "size": 2, "rank": 2},\n {"key": "a", "size": 1, "rank": 1}]'
+    assert parse_manifest(raw, "m/cat.json") == [Item("a", 1, 1), Item("b", 2, 2)]
+    with pytest.raises(CatalogueError, match="must be an array"):
+        parse_manifest(b'{"key": "a", "size": 1}', "m/cat.json")
+    with pytest.raises(CatalogueError, match="entry 2: needs an object"):
+        parse_manifest(b'[{"key": "a", "size": 1}, {"key": "b"}]', "m/cat.json")
+
+
 def test_manifest_without_rank_uses_line_order_and_dedupes() -> None:
     raw = (
         b'{"key": "b", "size": 2}\n\n{"key": "a", "size": 1}\n{"key": "b", "size": 2, "rank": 9}\n'
