@@ -44,6 +44,7 @@ BUCKET = "catalogue"
 OBJECTS = 120
 PROXY_PORT = 9001
 NAMESPACE = "edge"
+PEER_SHARE = 0.3  # share of requests from peer-assisted clients
 
 
 def say(msg: str) -> None:
@@ -231,7 +232,13 @@ def client_phase(
     entries = generate(objects)
     results, samples = asyncio.run(
         observe_while(
-            run_clients(nodes, entries, example_token(), requests_per_site=requests_per_site),
+            run_clients(
+                nodes,
+                entries,
+                example_token(),
+                requests_per_site=requests_per_site,
+                peer_share=PEER_SHARE,
+            ),
             nodes,
             f"http://127.0.0.1:{proxy_port}/_origin_proxy/stats",
         )
@@ -247,6 +254,10 @@ def client_phase(
                 **summary.get(s, {}),
                 "clientRequests": r.requests,
                 "clientBytes": r.bytes,
+                "peerAssistedRequests": r.peer_assisted,
+                "p2pBytes": r.p2p_bytes,
+                "webSeedBytes": r.seed_bytes,
+                "peerEfficiency": r.peer_efficiency,
                 "errors": dict(r.errors),
             }
             for s, r in results.items()
@@ -315,6 +326,12 @@ def print_summary(report: dict[str, Any], nodes: list[Node], stack: Stack) -> No
         print(
             "  hit ratio by source: "
             + ", ".join(f"{s} {ratio.get(s, 0):.1%}" for s in ("hit", "peer", "parent", "origin"))
+        )
+        print(
+            f"  peer assist: {data['peerAssistedRequests']} clients' objects, "
+            f"{data['p2pBytes'] / 1e6:.1f} MB from other clients, "
+            f"{data['webSeedBytes'] / 1e6:.1f} MB from the web seed, "
+            f"peer efficiency {data['peerEfficiency']:.1%}"
         )
         print(
             "  bytes by source:     "

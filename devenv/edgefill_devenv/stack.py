@@ -113,16 +113,30 @@ class Stack:
             0.5,
         )
         docs = load_examples(self.origin_endpoint)
-        self.cluster.kubectl(
-            "apply",
-            "--server-side",
-            "--field-manager=edgefill-stack",
-            "-n",
-            ns,
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}),
-        )
+        payload = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+
+        def applied() -> bool:
+            proc = self.cluster.kubectl(
+                "apply",
+                "--server-side",
+                "--field-manager=edgefill-stack",
+                "-n",
+                ns,
+                "-f",
+                "-",
+                input=payload,
+                check=False,
+            )
+            if proc.returncode == 0:
+                return True
+            # Right after the CRDs are installed the API server's admission plugin may
+            # not map the ContentSet policy's paramKind (EdgeSite) yet; it catches up
+            # within seconds. Anything else is a real error.
+            if "failed to find resource referenced by paramKind" in proc.stderr:
+                return False
+            raise RuntimeError(f"applying examples/ failed: {proc.stderr.strip()}")
+
+        eventually("examples/ accepted", applied, 90, 1.0)
         return docs
 
     def get(self, *args: str) -> Any:

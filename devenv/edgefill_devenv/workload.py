@@ -29,6 +29,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefill_devenv.catalogue import CatalogueObject, object_bytes, object_range
+from edgefill_devenv.peerclient import PeerAssistError, PeerClient
 
 SOURCES = ("hit", "peer", "parent", "origin")
 
@@ -45,8 +46,16 @@ class Node:
 class SiteResult:
     requests: int = 0
     range_requests: int = 0
+    peer_assisted: int = 0
     bytes: int = 0
+    p2p_bytes: int = 0  # pieces peer-assisted clients took from other clients
+    seed_bytes: int = 0  # pieces they took from the cache node (web seed)
     errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def peer_efficiency(self) -> float:
+        """P2P bytes / all bytes the site's clients received (Peer5's definition)."""
+        return self.p2p_bytes / self.bytes if self.bytes else 0.0
 
 
 class ZipfSampler:
@@ -89,35 +98,76 @@ async def run_clients(
     requests_per_site: int,
     concurrency: int = 8,
     range_share: float = 0.3,
+    peer_share: float = 0.0,
+    peers_per_site: int = 6,
     zipf_s: float = 1.0,
     seed: int = 11,
 ) -> dict[str, SiteResult]:
-    """Run the workload; returns per-site request, byte and error counts."""
+    """Run the workload; returns per-site request, byte and error counts.
+
+    ``peer_share`` of the whole-object requests come from peer-assisted
+    clients (``peers_per_site`` of them per site, each on its own loopback
+    address) that take pieces from each other and the rest from the web seed.
+    """
     rng = random.Random(seed)  # noqa: S311 - workload shape, not security
     sampler = ZipfSampler(entries, zipf_s, rng)
     verifier = Verifier()
     by_site: dict[str, list[Node]] = defaultdict(list)
     for n in nodes:
         by_site[n.site].append(n)
-    plan: list[tuple[str, CatalogueObject, tuple[int, int] | None]] = []
+    plan: list[tuple[str, CatalogueObject, tuple[int, int] | str | None]] = []
     for site in sorted(by_site):
         for _ in range(requests_per_site):
             entry = sampler.draw()
-            span = None
-            if rng.random() < range_share and entry.size > 2:
+            span: tuple[int, int] | str | None = None
+            draw = rng.random()
+            if draw < range_share and entry.size > 2:
                 start = rng.randrange(0, entry.size - 1)
                 length = rng.randint(1, min(1 << 20, entry.size - start))
                 span = (start, start + length - 1)
+            elif draw < range_share + peer_share:
+                span = "peer"
             plan.append((site, entry, span))
     rng.shuffle(plan)
     results = {site: SiteResult() for site in by_site}
-    queue: asyncio.Queue[tuple[str, CatalogueObject, tuple[int, int] | None]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[str, CatalogueObject, tuple[int, int] | str | None]] = (
+        asyncio.Queue()
+    )
     for item in plan:
         queue.put_nowait(item)
+    peers: dict[str, list[PeerClient]] = {}
+    if peer_share > 0:
+        for i, site in enumerate(sorted(by_site)):
+            peers[site] = [
+                await PeerClient(ip=f"127.201.{i}.{n + 1}", token=token).start()
+                for n in range(peers_per_site)
+            ]
+
+    async def peer_request(site: str, entry: CatalogueObject) -> None:
+        res = results[site]
+        peer = rng.choice(peers[site])
+        before = (peer.stats.p2p_bytes, peer.stats.seed_bytes)
+        try:
+            body = await peer.fetch([n.client_url for n in by_site[site]], entry.key)
+        except (PeerAssistError, aiohttp.ClientError, TimeoutError) as exc:
+            res.errors[f"peer-assist {type(exc).__name__}: {str(exc)[:120]}"] += 1
+            return
+        if not verifier.whole(entry, body):
+            res.errors["corrupt body"] += 1
+            return
+        res.requests += 1
+        res.peer_assisted += 1
+        res.bytes += len(body)
+        res.p2p_bytes += peer.stats.p2p_bytes - before[0]
+        res.seed_bytes += peer.stats.seed_bytes - before[1]
 
     async def client(http: aiohttp.ClientSession) -> None:
         while not queue.empty():
             site, entry, span = queue.get_nowait()
+            if span == "peer":
+                await peer_request(site, entry)
+                continue
+            assert not isinstance(span, str)
             node = rng.choice(by_site[site])
             res = results[site]
             headers = {"Range": f"bytes={span[0]}-{span[1]}"} if span else {}
@@ -144,8 +194,13 @@ async def run_clients(
             res.bytes += len(body)
 
     timeout = aiohttp.ClientTimeout(total=120, sock_connect=5)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    finally:
+        for group in peers.values():
+            for peer in group:
+                await peer.stop()
     return results
 
 

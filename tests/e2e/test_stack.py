@@ -166,6 +166,9 @@ def test_demo_scenario_fills_then_offloads_the_origin(stack: Stack, tmp_path: Pa
         assert data["errors"] == {}, f"{site}: {data['errors']}"
         assert data["clientRequests"] == REQUESTS_PER_SITE
         assert data["hitRatio"]["hit"] > 0.5, f"{site}: {data['hitRatio']}"
+    # Peer-assisted clients took verified pieces from each other, not only the seed.
+    assert sum(d["peerAssistedRequests"] for d in report["sites"].values()) > 0
+    assert sum(d["p2pBytes"] for d in report["sites"].values()) > 0
     assert report["originShare"] is not None
     assert report["originShare"] < 0.2, report
     assert Path(report["plot"]).stat().st_size > 10_000

@@ -20,6 +20,7 @@ import pytest
 
 from edgefill_devenv.catalogue import CatalogueObject, generate, object_bytes, seed_bucket
 from edgefill_devenv.s3 import free_port
+from edgefill_devenv.stack import load_examples
 from edgefill_operator.nodes import HttpPoller, NodeAddress
 from edgefill_operator.planning import fill_plan
 from edgefill_operator.render import SiteInputs, node_config
@@ -71,6 +72,12 @@ def test_operator_reads_what_a_real_node_reports(
     peer_secret = tmp_path / "peer-secret"
     peer_secret.write_text("6d2f9b1e0c4a47d3a8e5b7c1d9f0e2a3")
     doc["peering"]["secretFile"] = str(peer_secret)
+    # ... and the tracker's manifest signing key (the examples' Secret value).
+    secrets = [d for d in load_examples() if d["kind"] == "Secret"]
+    signing = next(s for s in secrets if s["metadata"]["name"] == "tracker-signing-key")
+    key_file = tmp_path / "manifest-signing.key"
+    key_file.write_text(signing["stringData"]["ed25519"])
+    doc["tracker"]["manifestKeyFile"] = str(key_file)
     config = tmp_path / "node.json"
     config.write_text(json.dumps(doc))
 
