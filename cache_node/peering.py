@@ -137,7 +137,10 @@ class Breaker:
         self.failures = 0
 
 
-class _PeerBody:
+class PeerBody:
+    """A peer's response body as an upstream ``Body``: a body that breaks off mid-way
+    is an ``UpstreamError`` (the loader resumes or tries the next source)."""
+
     def __init__(self, resp: aiohttp.ClientResponse, name: str, key: str) -> None:
         self._resp = resp
         self._name = name
@@ -203,7 +206,7 @@ class PeerUpstream:
             resp.close()
             raise
         self.breaker.succeeded()
-        return Opened(info=info, start=start, body=_PeerBody(resp, self.name, key))
+        return Opened(info=info, start=start, body=PeerBody(resp, self.name, key))
 
 
 def _info_from_headers(key: str, resp: aiohttp.ClientResponse) -> tuple[ObjectInfo, int]:

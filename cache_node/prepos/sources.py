@@ -33,7 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
-from cache_node.peering import MEMBER, OBJECTS_PATH
+from cache_node.peering import MEMBER, OBJECTS_PATH, PeerBody
 from cache_node.prepos.partial import Partials, Recorder, Resume
 from cache_node.prepos.throttle import TokenBucket
 from cache_node.ranges import parse_http_date
@@ -183,23 +183,6 @@ class Metered:
         return Opened(info=resume.info, start=0, body=self._body(opened, recorder, prefix))
 
 
-class _PeerBody:
-    def __init__(self, resp: aiohttp.ClientResponse, name: str, key: str) -> None:
-        self._resp = resp
-        self._name = name
-        self._key = key
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._resp.content.iter_chunked(LOCAL_CHUNK):
-                yield chunk
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise UpstreamError(f"{self._name}: body of {self._key} broke off: {exc}") from exc
-
-    async def release(self) -> None:
-        self._resp.close()
-
-
 @dataclass
 class HolderPeer:
     """A member that held ``key`` before a membership change, asked only for what it holds."""
@@ -246,7 +229,7 @@ class HolderPeer:
         except BaseException:
             resp.close()
             raise
-        return Opened(info=info, start=start, body=_PeerBody(resp, self.name, key))
+        return Opened(info=info, start=start, body=PeerBody(resp, self.name, key))
 
 
 def info_from_headers(key: str, status: int, headers: Mapping[str, str]) -> tuple[ObjectInfo, int]:
