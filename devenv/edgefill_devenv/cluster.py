@@ -216,6 +216,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Children this process started, kept so they are reaped here (no zombies, and no
+# "subprocess is still running" ResourceWarning when a Popen is collected while
+# the cluster keeps running for a later test or for `make cluster-down`).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _start(name: str, argv: list[str], layout: _Layout) -> int:
     layout.logs.mkdir(parents=True, exist_ok=True)
     with (layout.logs / f"{name}.log").open("ab") as out:
@@ -226,6 +232,7 @@ def _start(name: str, argv: list[str], layout: _Layout) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # own process group: stopped as a unit, by our PID
         )
+    _CHILDREN[proc.pid] = proc
     return proc.pid
 
 
@@ -243,8 +250,10 @@ def _stop_pids(pids: dict[str, int], timeout: float = 15.0) -> None:
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+        child = _CHILDREN.pop(pid, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5)
 
 
 def _read_state(layout: _Layout) -> dict[str, Any] | None:
