@@ -14,8 +14,10 @@ the kubelet for cache-node pods: for each Running pod of
   ``<site>-peers.<ns>.svc``) to the pods' own loopback IPs, because this
   machine has no cluster DNS and the API server refuses loopback addresses in
   EndpointSlices;
-* starts ``python -m cache_node`` on the pod's IP, restarts it when the
-  rendered configuration changes, and stops it when the pod goes away.
+* starts ``python -m cache_node`` on the pod's IP, updates its configuration
+  file in place when the rendered ConfigMap changes (as the kubelet does; the
+  node re-reads it), restarts it if it exits, and stops it when the pod goes
+  away.
 
 It only ever stops processes it started, by PID.
 """
@@ -292,12 +294,15 @@ class PodHost:
             run_or_none = self.running.get(key)
             if run_or_none is not None and run_or_none.digest == digest:
                 continue
-            if run_or_none is not None:
-                self._stop(key)
             config_path = folder / "node.local.json"
             tmp = config_path.with_suffix(".json.tmp")
             tmp.write_bytes(raw)
-            tmp.replace(config_path)  # readers (the demo, tests) never see half a file
+            tmp.replace(config_path)  # readers (the node, the demo, tests) never see half a file
+            if run_or_none is not None:
+                # Like the kubelet with a ConfigMap volume: the file changes under the
+                # running container, which re-reads it (membership, fill plan); no restart.
+                run_or_none.digest = digest
+                continue
             self.running[key] = Running(
                 view, digest, self._spawn(view, config_path, folder), folder
             )

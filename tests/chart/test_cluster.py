@@ -57,7 +57,11 @@ def _delete_cluster_scoped(cluster: Cluster) -> None:
         *KOPF_CRDS,
         "--ignore-not-found",
         "--wait=true",
+        "--timeout=240s",
         check=False,
+        # CRD deletion (the API server's cleanup finalizer) has taken over 120 s on a
+        # loaded CI machine; give it room rather than fail the next test's setup.
+        timeout=300,
     )
     for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
         cluster.kubectl("delete", kind, POLICY, "--ignore-not-found", check=False)

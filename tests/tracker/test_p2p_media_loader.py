@@ -62,6 +62,8 @@ async def test_p2p_media_loader_viewers_share_segments(live_tracker: Any) -> Non
     assert seeder["http"] == len(DATA)
     assert seeder["verified"] == segments
     assert viewer["p2p"] > 0  # segments came from the other page over WebRTC
-    assert viewer["http"] + viewer["p2p"] == len(DATA)
+    # Every byte arrived at least once; p2p-media-loader also reports the chunks of a
+    # transfer it aborted and retried elsewhere (seen under load), so not exactly once.
+    assert viewer["http"] + viewer["p2p"] >= len(DATA)
     assert viewer["verified"] == segments  # every segment checked against the manifest
     assert viewer["rejected"] == 0
