@@ -16,8 +16,9 @@ the kubelet for cache-node pods: for each Running pod of
   EndpointSlices;
 * starts ``python -m cache_node`` on the pod's IP, updates its configuration
   file in place when the rendered ConfigMap changes (as the kubelet does; the
-  node re-reads it), restarts it if it exits, and stops it when the pod goes
-  away.
+  node re-reads it) but restarts it when its peers' addresses change (the
+  stand-in for cluster DNS starting to resolve), restarts it if it exits, and
+  stops it when the pod goes away.
 
 It only ever stops processes it started, by PID.
 """
@@ -227,6 +228,7 @@ class Running:
     digest: str
     process: subprocess.Popen[bytes]
     folder: Path
+    peering: Any = None
 
 
 class PodHost:
@@ -298,13 +300,18 @@ class PodHost:
             tmp = config_path.with_suffix(".json.tmp")
             tmp.write_bytes(raw)
             tmp.replace(config_path)  # readers (the node, the demo, tests) never see half a file
-            if run_or_none is not None:
+            if run_or_none is not None and run_or_none.peering == doc.get("peering"):
                 # Like the kubelet with a ConfigMap volume: the file changes under the
-                # running container, which re-reads it (membership, fill plan); no restart.
+                # running container, which re-reads it (fill plan, window); no restart.
                 run_or_none.digest = digest
                 continue
+            if run_or_none is not None:
+                # The peer addresses changed: in a cluster the DNS names stay and start
+                # resolving; here that shows as new IPs in the file, and a restart gives
+                # the node fresh connections and circuit breakers for them.
+                self._stop(key)
             self.running[key] = Running(
-                view, digest, self._spawn(view, config_path, folder), folder
+                view, digest, self._spawn(view, config_path, folder), folder, doc.get("peering")
             )
 
     def _spawn(self, pod: PodView, config_path: Path, folder: Path) -> subprocess.Popen[bytes]:
