@@ -8,7 +8,10 @@ does not hit the store for unknown swarms.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +28,38 @@ from cache_node.tracker import TRACKER, TrackerService, register
 from cache_node.tracker.manifest import PieceInfo
 
 PIECE = 16 * 1024
+JS = Path(__file__).with_name("js")
+
+
+async def run_browser_script(script: str, tracker_url: str, key: str, module: str) -> Any:
+    """Run a Node script that drives headless Chromium peers; its last stdout line is JSON.
+
+    Fails (never skips) when Chromium, node or the npm packages are missing.
+    """
+    chromium, node = shutil.which("chromium"), shutil.which("node")
+    if chromium is None or node is None or not (JS / "node_modules" / module).is_dir():
+        pytest.fail("needs apt chromium, node and `npm ci --ignore-scripts` in tests/tracker/js")
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        script,
+        tracker_url,
+        key,
+        chromium,
+        cwd=JS,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail(f"{script} did not finish")
+    lines = out.decode().strip().splitlines()
+    assert lines, err.decode()[-3000:]
+    result = json.loads(lines[-1])
+    assert result["ok"], (result, err.decode()[-3000:])
+    return result
 
 
 class MemoryHashes:

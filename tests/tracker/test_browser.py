@@ -10,50 +10,22 @@ Needs Debian's ``chromium`` and ``npm ci --ignore-scripts`` in tests/tracker/js
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import PIECE, object_bytes
+from .conftest import PIECE, object_bytes, run_browser_script
 
 pytestmark = pytest.mark.browser
 
-JS = Path(__file__).with_name("js")
 KEY = "vod/title-5/seg-8.m4s"
 DATA = object_bytes(KEY, 6 * PIECE + 1234)
 
 
 async def test_two_pages_share_pieces_over_webrtc(live_tracker: Any) -> None:
-    chromium = shutil.which("chromium")
-    node = shutil.which("node")
-    if chromium is None or node is None or not (JS / "node_modules" / "playwright-core").is_dir():
-        pytest.fail("needs apt chromium, node and `npm ci --ignore-scripts` in tests/tracker/js")
     t = await live_tracker({KEY: DATA})
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        "browser-peers.mjs",
-        t.url,
-        KEY,
-        chromium,
-        cwd=JS,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        pytest.fail("the browser script did not finish")
-    lines = out.decode().strip().splitlines()
-    assert lines, err.decode()[-3000:]
-    result = json.loads(lines[-1])
-    assert result["ok"], (result, err.decode()[-3000:])
+    result = await run_browser_script("browser-peers.mjs", t.url, KEY, "playwright-core")
     leecher = result["leecher"]
     pieces = -(-len(DATA) // PIECE)
     assert leecher["pieces"] == pieces

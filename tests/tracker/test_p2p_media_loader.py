@@ -10,53 +10,21 @@ passes ``validateP2PSegment`` / ``validateHTTPSegment`` against the signed manif
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import PIECE, object_bytes
+from .conftest import PIECE, object_bytes, run_browser_script
 
 pytestmark = pytest.mark.browser
 
-JS = Path(__file__).with_name("js")
 KEY = "vod/pml/stream.ts"
 DATA = object_bytes(KEY, 6 * PIECE + 777)
 
 
 async def test_p2p_media_loader_viewers_share_segments(live_tracker: Any) -> None:
-    chromium = shutil.which("chromium")
-    node = shutil.which("node")
-    if (
-        chromium is None
-        or node is None
-        or not (JS / "node_modules" / "p2p-media-loader-core").is_dir()
-    ):
-        pytest.fail("needs apt chromium, node and `npm ci --ignore-scripts` in tests/tracker/js")
     t = await live_tracker({KEY: DATA})
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        "pml-peers.mjs",
-        t.url,
-        KEY,
-        chromium,
-        cwd=JS,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        pytest.fail("the p2p-media-loader script did not finish")
-    lines = out.decode().strip().splitlines()
-    assert lines, err.decode()[-3000:]
-    result = json.loads(lines[-1])
-    assert result["ok"], (result, err.decode()[-3000:])
+    result = await run_browser_script("pml-peers.mjs", t.url, KEY, "p2p-media-loader-core")
     segments = -(-len(DATA) // PIECE)
     viewer, seeder = result["viewer"], result["seeder"]
     assert seeder["http"] == len(DATA)
