@@ -25,7 +25,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY cache_node/ cache_node/
-COPY devenv/edgefill_devenv/ devenv/edgefill_devenv/
 RUN python -m venv /opt/edgefill \
     && /opt/edgefill/bin/pip install --no-compile '.[fast]' \
     && /opt/edgefill/bin/python -m compileall -q /opt/edgefill/lib \
