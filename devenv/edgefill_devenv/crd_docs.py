@@ -54,6 +54,14 @@ def _constraints(node: dict[str, Any]) -> str:
     ):
         if key in node:
             parts.append(f"{label} {node[key]}")
+    list_type = node.get("x-kubernetes-list-type")
+    if list_type == "map":
+        keys = ", ".join(f"`{k}`" for k in node.get("x-kubernetes-list-map-keys") or [])
+        parts.append(f"list of entries keyed by {keys}")
+    elif list_type == "set":
+        parts.append("set (no duplicates)")
+    if "pattern" in node and node.get("x-kubernetes-int-or-string"):
+        parts.append("quantity (bytes) such as `64Mi`, `20Gi` or `500G`")
     for rule in node.get("x-kubernetes-validations") or []:
         parts.append("rule: " + " ".join(str(rule.get("message", "")).split()))
     for sub, label in (("items", "each item"), ("additionalProperties", "each value")):
@@ -114,7 +122,13 @@ def render() -> str:
             f"short name{'s' if len(names.get('shortNames', [])) > 1 else ''} "
             + ", ".join(f"`{s}`" for s in names.get("shortNames", []))
             + f", category `{', '.join(names.get('categories', []))}`",
-            "- Subresources: " + ", ".join(f"`{s}`" for s in version.get("subresources", {})),
+            "- Subresources: "
+            + ", ".join(f"`{s}`" for s in version.get("subresources", {}))
+            + (
+                f" (`kubectl scale` sets `{version['subresources']['scale']['specReplicasPath']}`)"
+                if "scale" in version.get("subresources", {})
+                else ""
+            ),
             "- `kubectl get` columns: "
             + ", ".join(f"{c['name']}" for c in version.get("additionalPrinterColumns", [])),
             "",

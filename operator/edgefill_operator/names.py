@@ -34,6 +34,8 @@ TOKEN_KEYS_DIR = f"{CONFIG_DIR}/tokens"
 PEER_SECRET_DIR = f"{CONFIG_DIR}/peer"
 TRACKER_KEY_DIR = f"{CONFIG_DIR}/tracker"
 TRACKER_KEY_FILE = "manifest-signing.key"
+CONFIG_CHECKSUM_ANNOTATION = f"{GROUP}/restart-config-checksum"
+"""Pod-template annotation: SHA-256 of the node-config sections read only at start."""
 PEER_SECRET_KEY = "secret"  # noqa: S105 - the key name inside the Secret, not a secret
 
 

@@ -12,6 +12,7 @@ document against that schema).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,19 @@ Obj = Mapping[str, Any]
 Manifest = dict[str, Any]
 
 DEFAULT_PORTS = {"client": 8080, "peer": 8081, "metrics": 9090}
+
+EVICTION_POLICIES = {"LRU": "lru", "S3FIFO": "s3fifo", "SIEVE": "sieve"}
+"""The API's CamelCase enum values (Kubernetes API conventions) to the node config's names."""
+
+RESTART_SECTIONS = ("listen", "store", "origin")
+"""Node-config sections a cache node reads only at start (``cache_node.app._reloadable``).
+
+A change to any of them must restart the pods, so their checksum goes into the
+pod template; membership, the fill plan and the other sections are reloaded
+live and must not roll the site.
+"""
+
+MEMBER_URL_PLACEHOLDERS = ("{ordinal}", "{pod}", "{site}", "{namespace}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,54 @@ def peer_url(namespace: str, site: str, port: int, ordinal: int | None = None) -
     svc = f"{names.peer_service_name(site)}.{namespace}.svc"
     host = f"{names.pod_name(site, ordinal)}.{svc}" if ordinal is not None else svc
     return f"http://{host}:{port}"
+
+
+def eviction_policy(value: object) -> str:
+    """The node's policy name for the API's enum value (default S3FIFO).
+
+    Objects stored before the enum became CamelCase carry the node's own
+    lower-case names; the API server never re-validates stored objects, so
+    those are still understood.
+    """
+    given = str(value or "S3FIFO")
+    if given in EVICTION_POLICIES:
+        return EVICTION_POLICIES[given]
+    if given in EVICTION_POLICIES.values():
+        return given
+    raise ValueError(f"unknown cache.evictionPolicy {given!r}")
+
+
+def member_url(template: str, *, namespace: str, site: str, ordinal: int) -> str:
+    """One node's public client base URL from ``spec.tracker.memberUrlTemplate``.
+
+    Placeholders are replaced literally (no format-string parsing, so a URL
+    with other braces cannot inject anything); a trailing slash is dropped
+    because the node appends ``/announce`` itself.
+    """
+    values = {
+        "{ordinal}": str(ordinal),
+        "{pod}": names.pod_name(site, ordinal),
+        "{site}": site,
+        "{namespace}": namespace,
+    }
+    url = template
+    for placeholder in MEMBER_URL_PLACEHOLDERS:
+        url = url.replace(placeholder, values[placeholder])
+    return url.rstrip("/")
+
+
+def member_client_urls(inputs: SiteInputs) -> dict[str, str]:
+    """Pod name -> public client base URL of every member; empty without a template."""
+    template = (inputs.spec.get("tracker") or {}).get("memberUrlTemplate")
+    if not template:
+        return {}
+    replicas = int(inputs.spec.get("replicas", 2))
+    return {
+        names.pod_name(inputs.name, i): member_url(
+            str(template), namespace=inputs.namespace, site=inputs.name, ordinal=i
+        )
+        for i in range(replicas)
+    }
 
 
 def node_config(inputs: SiteInputs) -> dict[str, Any]:
@@ -172,6 +234,9 @@ def node_config(inputs: SiteInputs) -> dict[str, Any]:
     }
     if tracker.get("manifestSigningKeySecretRef"):
         tracker_doc["manifestKeyFile"] = f"{names.TRACKER_KEY_DIR}/{names.TRACKER_KEY_FILE}"
+    urls = member_client_urls(inputs)
+    if urls:
+        tracker_doc["memberClientUrls"] = urls
 
     return {
         "schemaVersion": 1,
@@ -185,7 +250,7 @@ def node_config(inputs: SiteInputs) -> dict[str, Any]:
         "store": {
             "path": names.STORE_DIR,
             "maxBytes": quantity_bytes(cache["size"]),
-            "evictionPolicy": cache.get("evictionPolicy", "s3fifo"),
+            "evictionPolicy": eviction_policy(cache.get("evictionPolicy")),
             "memoryTierBytes": quantity_bytes(cache.get("memoryTier", "64Mi")),
         },
         "origin": origin_doc,
@@ -196,6 +261,17 @@ def node_config(inputs: SiteInputs) -> dict[str, Any]:
         "tracker": tracker_doc,
         "clientNetworks": list(spec.get("clientNetworks") or []),
     }
+
+
+def restart_checksum(config: Mapping[str, Any]) -> str:
+    """SHA-256 over the node-config sections read only at start (:data:`RESTART_SECTIONS`).
+
+    Canonical JSON (sorted keys, no whitespace), so the same sections give the
+    same checksum whatever order they were built in.
+    """
+    sections = {k: config.get(k) for k in RESTART_SECTIONS}
+    canonical = json.dumps(sections, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def render_config_map(inputs: SiteInputs) -> Manifest:
@@ -371,6 +447,7 @@ def render_statefulset(inputs: SiteInputs) -> Manifest:
     origin = spec["origin"]
     tokens = spec.get("tokens") or {}
     peering = spec.get("peering") or {}
+    config = node_config(inputs)
 
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": names.CONFIG_DIR, "readOnly": True},
@@ -524,7 +601,11 @@ def render_statefulset(inputs: SiteInputs) -> Manifest:
         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
         "selector": {"matchLabels": names.selector_labels(site)},
         "template": {
-            "metadata": {"labels": names.common_labels(site)},
+            "metadata": {
+                "labels": names.common_labels(site),
+                # Pods restart when a section the node reads only at start changes.
+                "annotations": {names.CONFIG_CHECKSUM_ANNOTATION: restart_checksum(config)},
+            },
             "spec": pod_spec,
         },
     }

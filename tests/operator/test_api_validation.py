@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,43 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "operator Exists must not set a value",
     ),
     ("name-too-long", _renamed(_site(lambda s: None), "a" * 41), "at most 40 characters"),
+    # tracker.memberUrlTemplate
+    (
+        "member-url-ftp",
+        _site(_set("tracker.memberUrlTemplate", "ftp://cache-{ordinal}.isp.example")),
+        "must start with http:// or https://",
+    ),
+    (
+        "member-url-unknown-placeholder",
+        _site(_set("tracker.memberUrlTemplate", "https://cache-{node}.isp.example")),
+        "may only use the placeholders {ordinal}, {pod}, {site} and {namespace}",
+    ),
+    (
+        "member-url-not-a-url",
+        _site(_set("tracker.memberUrlTemplate", "https://cache {ordinal}.isp.example")),
+        "must give a valid URL once its placeholders are filled in",
+    ),
+    (
+        "member-url-query",
+        _site(_set("tracker.memberUrlTemplate", "https://cache-{ordinal}.isp.example/?a=b")),
+        "is a base URL",
+    ),
+    (
+        "member-url-one-for-all",
+        _site(_set("tracker.memberUrlTemplate", "https://{site}.isp.example")),
+        "must contain {ordinal} or {pod} when the site has more than one replica",
+    ),
+    (
+        "member-url-empty",
+        _site(_set("tracker.memberUrlTemplate", "")),
+        "spec.tracker.memberUrlTemplate: Invalid value",
+    ),
+    # quantities
+    ("storage-size-garbage", _site(_set("storage.size", "20 GB")), "spec.storage.size"),
+    ("memory-tier-negative", _site(_set("cache.memoryTier", "-1Mi")), "cache.memoryTier must be"),
+    ("storage-size-zero", _site(_set("storage.size", 0)), "storage.size must be a positive"),
+    # enums (CamelCase values)
+    ("eviction-lowercase", _site(_set("cache.evictionPolicy", "lru")), "Unsupported value"),
 ]
 
 
@@ -245,6 +283,98 @@ def test_invalid_manifest_is_rejected(
 def test_examples_are_accepted(crds: Any, corpus_namespace: str, doc: Any) -> None:
     out = _dry_run(crds, corpus_namespace, doc)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        _site(_set("tracker.memberUrlTemplate", "https://cache-{ordinal}.alpha.isp.example")),
+        _site(_set("tracker.memberUrlTemplate", "http://{pod}.{namespace}.isp.example:8080/")),
+        _site(
+            _both(_set("replicas", 1), _set("tracker.memberUrlTemplate", "https://edge.example"))
+        ),
+        _site(_both(_set("storage.size", 21474836480), _set("cache.size", 10737418240))),
+        _site(_both(_set("storage.size", "20G"), _set("cache.size", "1.5e10"))),
+        _site(_set("cache.memoryTier", 0)),
+    ],
+    ids=["ordinal", "pod-and-namespace", "one-replica-one-url", "int-bytes", "decimal", "tier-0"],
+)
+def test_valid_variants_are_accepted(crds: Any, corpus_namespace: str, doc: Any) -> None:
+    out = _dry_run(crds, corpus_namespace, doc)
+    assert out.returncode == 0, out.stderr
+
+
+def test_scaling_past_one_replica_needs_a_per_member_url(crds: Any, namespace: str) -> None:
+    """The rule holds on the scale subresource too: one URL for two nodes is refused."""
+    doc = _site(_both(_set("replicas", 1), _set("tracker.memberUrlTemplate", "https://e.example")))
+    crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+    out = crds.kubectl(
+        "scale", "edgesite", "alpha-east", "-n", namespace, "--replicas=2", check=False
+    )
+    assert out.returncode != 0
+    assert "must contain {ordinal} or {pod}" in out.stderr
+    stored = json.loads(
+        crds.kubectl("get", "edgesite", "alpha-east", "-n", namespace, "-o", "json").stdout
+    )
+    assert stored["spec"]["replicas"] == 1
+
+
+def _condition(**over: Any) -> dict[str, Any]:
+    cond = {
+        "type": "Ready",
+        "status": "True",
+        "observedGeneration": 1,
+        "lastTransitionTime": "2026-11-22T03:00:00Z",
+        "reason": "AllNodesReady",
+        "message": "2/2 cache nodes ready",
+    }
+    cond.update(over)
+    return {k: v for k, v in cond.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        (_condition(reason="not camel case"), "status.conditions[0].reason"),
+        (_condition(reason=""), "status.conditions[0].reason"),
+        (_condition(status="Yes"), "Unsupported value"),
+        (_condition(lastTransitionTime=None), "lastTransitionTime: Required value"),
+        (_condition(type="bad type!"), "status.conditions[0].type"),
+        (_condition(observedGeneration=-1), "greater than or equal to 0"),
+    ],
+    ids=["reason-spaces", "reason-empty", "status-yes", "no-time", "type-chars", "gen-negative"],
+)
+def test_status_conditions_follow_the_metav1_condition_shape(
+    crds: Any, corpus_namespace: str, condition: dict[str, Any], message: str
+) -> None:
+    """The status subresource rejects conditions that are not metav1.Condition shaped."""
+    name = "conditions-" + uuid.uuid4().hex[:6]
+    site = _renamed(_site(lambda s: None), name)
+    crds.kubectl("apply", "-n", corpus_namespace, "-f", "-", input=json.dumps(site))
+    try:
+        good = {"status": {"conditions": [_condition()]}}
+        ok = _patch_status(crds, corpus_namespace, name, good)
+        assert ok.returncode == 0, ok.stderr
+        out = _patch_status(crds, corpus_namespace, name, {"status": {"conditions": [condition]}})
+        assert out.returncode != 0, f"accepted: {condition}"
+        assert message in out.stderr, out.stderr
+    finally:
+        crds.kubectl("delete", "edgesite", name, "-n", corpus_namespace, "--wait=false")
+
+
+def _patch_status(cluster: Any, namespace: str, name: str, patch: dict[str, Any]) -> Any:
+    return cluster.kubectl(
+        "patch",
+        "edgesite",
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+        check=False,
+    )
 
 
 def test_copies_above_a_selected_sites_replicas_is_denied(

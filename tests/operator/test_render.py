@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from edgefill_operator.render import (
     render_children,
     render_network_policies,
     render_statefulset,
+    restart_checksum,
 )
 
 SITES = ["alpha-east", "beta-west"]
@@ -260,3 +263,157 @@ def test_manifest_signing_key_is_mounted_and_configured(
     jsonschema.validate(doc, node_schema)
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["EDGEFILL_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+# --- tracker.memberUrlTemplate -> tracker.memberClientUrls ----------------------------------
+
+
+def _with_template(edge_example: Any, template: str | None, replicas: int = 3) -> SiteInputs:
+    site = edge_example("EdgeSite", "alpha-east")
+    site["spec"]["replicas"] = replicas
+    if template is not None:
+        site["spec"]["tracker"]["memberUrlTemplate"] = template
+    return SiteInputs(site=site)
+
+
+def test_member_url_template_renders_one_client_url_per_member(
+    edge_example: Any, node_schema: dict[str, Any]
+) -> None:
+    doc = node_config(_with_template(edge_example, "https://cache-{ordinal}.alpha.isp.example"))
+    assert doc["tracker"]["memberClientUrls"] == {
+        "alpha-east-cache-0": "https://cache-0.alpha.isp.example",
+        "alpha-east-cache-1": "https://cache-1.alpha.isp.example",
+        "alpha-east-cache-2": "https://cache-2.alpha.isp.example",
+    }
+    # Exactly the members the peering section names: the tracker hashes over those.
+    members = [m["name"] for m in doc["peering"]["members"]]
+    assert sorted(doc["tracker"]["memberClientUrls"]) == members
+    jsonschema.validate(doc, node_schema)
+
+
+def test_member_url_template_fills_every_placeholder(edge_example: Any) -> None:
+    doc = node_config(
+        _with_template(edge_example, "http://{site}.{namespace}.isp.example:8080/t/{pod}/", 2)
+    )
+    assert doc["tracker"]["memberClientUrls"] == {
+        "alpha-east-cache-0": "http://alpha-east.edge.isp.example:8080/t/alpha-east-cache-0",
+        "alpha-east-cache-1": "http://alpha-east.edge.isp.example:8080/t/alpha-east-cache-1",
+    }
+
+
+def test_member_url_template_follows_scaling(edge_example: Any) -> None:
+    one = node_config(_with_template(edge_example, "https://edge.isp.example", 1))
+    assert one["tracker"]["memberClientUrls"] == {"alpha-east-cache-0": "https://edge.isp.example"}
+    five = node_config(_with_template(edge_example, "https://c{ordinal}.isp.example", 5))
+    assert list(five["tracker"]["memberClientUrls"].values())[-1] == "https://c4.isp.example"
+    parked = node_config(_with_template(edge_example, "https://c{ordinal}.isp.example", 0))
+    assert "memberClientUrls" not in parked["tracker"]
+
+
+def test_without_member_url_template_no_member_urls_are_rendered(edge_example: Any) -> None:
+    doc = node_config(_with_template(edge_example, None))
+    assert "memberClientUrls" not in doc["tracker"]
+
+
+def test_rendered_member_urls_load_in_the_cache_nodes_loader(
+    edge_example: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "node.json"
+    doc = node_config(_with_template(edge_example, "https://cache-{ordinal}.alpha.isp.example"))
+    path.write_text(json.dumps(doc))
+    out = subprocess.run(
+        [sys.executable, "-m", "cache_node.config", "--check", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+# --- eviction policy enum -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("api", "node"),
+    [
+        ("LRU", "lru"),
+        ("S3FIFO", "s3fifo"),
+        ("SIEVE", "sieve"),
+        ("sieve", "sieve"),
+        (None, "s3fifo"),
+    ],
+)
+def test_eviction_policy_maps_the_api_enum_to_the_node_name(
+    edge_example: Any, api: str | None, node: str
+) -> None:
+    site = edge_example("EdgeSite", "beta-west")
+    site["spec"]["cache"].pop("evictionPolicy", None)
+    if api is not None:
+        site["spec"]["cache"]["evictionPolicy"] = api
+    assert node_config(SiteInputs(site=site))["store"]["evictionPolicy"] == node
+
+
+# --- config rollout: restart checksum -------------------------------------------------------
+
+
+def _checksum(site: dict[str, Any], plan: list[dict[str, Any]] | None = None) -> str:
+    sts = render_statefulset(SiteInputs(site=site, fill_plan=plan or []))
+    annotations = sts["spec"]["template"]["metadata"]["annotations"]
+    value: str = annotations[names.CONFIG_CHECKSUM_ANNOTATION]
+    return value
+
+
+def test_restart_checksum_covers_exactly_the_sections_read_at_start(edge_example: Any) -> None:
+    site = edge_example("EdgeSite", "alpha-east")
+    doc = node_config(SiteInputs(site=site))
+    canonical = json.dumps(
+        {k: doc[k] for k in ("listen", "store", "origin")}, sort_keys=True, separators=(",", ":")
+    )
+    assert _checksum(site) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert restart_checksum(doc) == _checksum(site)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("cache.size", "17Gi"),  # store
+        ("cache.evictionPolicy", "LRU"),  # store
+        ("cache.memoryTier", "0"),  # store
+        ("ports.client", 8180),  # listen
+        ("origin.bucket", "other-bucket"),  # origin
+        ("origin.endpoint", "https://s3.example"),  # origin
+        ("origin.region", "eu-central-1"),  # origin
+    ],
+)
+def test_a_change_read_only_at_start_changes_the_checksum(
+    edge_example: Any, path: str, value: Any
+) -> None:
+    site = edge_example("EdgeSite", "alpha-east")
+    before = _checksum(site)
+    *parents, last = path.split(".")
+    node = site["spec"]
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    assert _checksum(site) != before
+
+
+def test_live_reloaded_changes_keep_the_checksum(edge_example: Any) -> None:
+    """Membership, fill plan, fill policy, tokens and tracker reload live: no pod restart."""
+    site = edge_example("EdgeSite", "alpha-east")
+    sets = [edge_example("ContentSet", c) for c in CONTENTSETS]
+    before = _checksum(site)
+    assert _checksum(site, fill_plan(site, sets)) == before
+    site["spec"]["replicas"] = 7
+    site["spec"]["fill"]["window"]["start"] = "03:30"
+    site["spec"]["fill"]["rateLimitBytesPerSecond"] = 1_000_000
+    site["spec"]["tokens"]["clockSkewSeconds"] = 5
+    site["spec"]["tracker"]["maxNumwant"] = 10
+    site["spec"]["tracker"]["memberUrlTemplate"] = "https://c{ordinal}.isp.example"
+    site["spec"]["clientNetworks"] = ["192.0.2.0/24"]
+    assert _checksum(site) == before
+
+
+def test_checksum_is_stable_across_renders(edge_example: Any) -> None:
+    site = edge_example("EdgeSite", "beta-west")
+    assert _checksum(site) == _checksum(copy.deepcopy(site))
+    assert len(_checksum(site)) == 64
