@@ -57,6 +57,8 @@ class ClusterApi(Protocol):
 
     def apply(self, manifest: Mapping[str, Any]) -> Obj: ...
 
+    def create(self, manifest: Mapping[str, Any]) -> bool: ...
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None: ...
 
     def list(
@@ -141,6 +143,28 @@ class Kube:
         )
         assert out is not None  # PATCH never maps to None
         return out
+
+    def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create the object unless it exists; True when this call created it.
+
+        For objects that must never be overwritten once made (a generated
+        secret): no read is needed, so no permission to read them either.
+        """
+        meta = manifest["metadata"]
+        path = collection_path(manifest["apiVersion"], manifest["kind"], meta["namespace"])
+        try:
+            self._request(
+                "POST",
+                path,
+                query=[("fieldManager", names.FIELD_MANAGER)],
+                body=dict(manifest),
+                content_type="application/json",
+            )
+        except KubeError as exc:
+            if exc.status == 409 and exc.reason == "AlreadyExists":
+                return False
+            raise
+        return True
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         return self._request("GET", object_path(api_version, kind, namespace, name))

@@ -43,6 +43,11 @@ def statefulset_name(site: str) -> str:
     return f"{site}-cache"
 
 
+def generated_peer_secret_name(site: str) -> str:
+    """The peer Secret the operator generates for a multi-node site that names none."""
+    return f"{site}-peering"
+
+
 def peer_service_name(site: str) -> str:
     """The headless Service: stable DNS per pod for peering."""
     return f"{site}-peers"

@@ -13,6 +13,7 @@ sites reconcile in parallel.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,14 @@ from edgefill_operator.planning import (
     site_replicas,
     upstream_refs,
 )
-from edgefill_operator.render import SiteInputs, Upstream, ports, render_children
+from edgefill_operator.render import (
+    SiteInputs,
+    Upstream,
+    generates_peer_secret,
+    ports,
+    render_children,
+    render_generated_peer_secret,
+)
 from edgefill_operator.report import (
     Progress,
     aggregate_site,
@@ -85,6 +93,40 @@ def _record_managed(
         metrics.MANAGED.labels(kind=kind).set(count)
 
 
+# Generated peer Secrets known to exist, by (namespace, site, site uid): one create each.
+_peer_secrets: set[tuple[str, str, str]] = set()
+
+PEER_SECRET_BYTES = 32
+
+
+def ensure_peer_secret(api: ClusterApi, inputs: SiteInputs, *, recheck: bool = False) -> None:
+    """Create the site's generated peer Secret once (random, never logged, never replaced).
+
+    Only ``create`` is used: an existing Secret of that name is kept as it is,
+    so a value the pods already share never changes under them, and the
+    operator needs no permission to read Secrets. Event-driven steps skip the
+    request once the Secret is known to exist; ``recheck`` (the timer) asks
+    again, so a Secret deleted by hand is back within one timer period.
+    """
+    key = (inputs.namespace, inputs.name, str(inputs.site["metadata"].get("uid", "")))
+    with _locks_guard:
+        if key in _peer_secrets and not recheck:
+            return
+    value = secrets.token_urlsafe(PEER_SECRET_BYTES)  # 32 random bytes, base64url text
+    created = api.create(render_generated_peer_secret(inputs, value))
+    metrics.APPLIES.labels(kind="Secret", result="ok").inc()
+    if created:
+        log.info("peer_secret_generated", namespace=inputs.namespace, site=inputs.name)
+    with _locks_guard:
+        _peer_secrets.add(key)
+
+
+def forget_peer_secret(namespace: str, name: str) -> None:
+    with _locks_guard:
+        for key in [k for k in _peer_secrets if k[:2] == (namespace, name)]:
+            _peer_secrets.discard(key)
+
+
 @dataclass
 class Outcome:
     """What a step did: the handler turns transitions into Events."""
@@ -112,6 +154,7 @@ def site_conditions(
     apply_errors: Sequence[str],
     missing_upstreams: Sequence[str],
     figures_complete: bool,
+    unshared_peer_secret: bool = False,
     nodes_reporting: int,
     plan_size: int,
     total: Progress,
@@ -160,6 +203,15 @@ def site_conditions(
         problems.append(
             ("PeerSiteNotFound", "peering names missing EdgeSites: " + ", ".join(missing_upstreams))
         )
+    if unshared_peer_secret:
+        problems.append(
+            (
+                "PeerSecretNotShared",
+                "this site peers with other sites but names no spec.peering.secretRef: its "
+                "generated peer secret authenticates its own nodes only, so requests between "
+                "the sites are refused; name one Secret shared by the sites that peer",
+            )
+        )
     if problems:
         degraded = Condition(
             "Degraded", "True", problems[0][0], "; ".join(msg for _, msg in problems)
@@ -204,6 +256,7 @@ def _reconcile_site(
     site = api.get(names.API_VERSION, "EdgeSite", namespace, name)
     if site is None or site["metadata"].get("deletionTimestamp"):
         _record_managed((namespace, name), None)
+        forget_peer_secret(namespace, name)
         return Outcome(found=False)
     all_sites = api.list(names.API_VERSION, "EdgeSite", None)
     contentsets = api.list(names.API_VERSION, "ContentSet", namespace)
@@ -231,6 +284,22 @@ def _reconcile_site(
     kinds: dict[str, int] = defaultdict(int)
     for child in children:
         kinds[child["kind"]] += 1
+    generated_secret = generates_peer_secret(inputs)
+    if generated_secret:
+        kinds["Secret"] += 1
+        try:
+            ensure_peer_secret(api, inputs, recheck=poller is not None)
+        except KubeError as exc:
+            metrics.APPLIES.labels(kind="Secret", result="error").inc()
+            metrics.ERRORS.labels(kind="EdgeSite", reason=exc.reason or str(exc.status)).inc()
+            errors.append(f"Secret {names.generated_peer_secret_name(name)}: {exc.reason}")
+            log.warning(
+                "peer_secret_failed",
+                namespace=namespace,
+                site=name,
+                status=exc.status,
+                reason=exc.reason,
+            )
     _record_managed((namespace, name), dict(kinds))
     for child in children:
         kind = child["kind"]
@@ -293,6 +362,7 @@ def _reconcile_site(
         sts=sts,
         apply_errors=errors,
         missing_upstreams=missing,
+        unshared_peer_secret=generated_secret and bool(upstreams or inputs.downstreams),
         figures_complete=figures_complete,
         nodes_reporting=reporting,
         plan_size=len(plan),

@@ -129,6 +129,8 @@ def test_rbac_is_least_privilege(defaults: list[Manifest]) -> None:
         ("policy", "poddisruptionbudgets"): children,
         ("networking.k8s.io", "networkpolicies"): children,
         ("", "pods"): {"get", "list", "watch"},
+        # The generated peer secret: created once, never read, listed or changed.
+        ("", "secrets"): {"create"},
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
     }

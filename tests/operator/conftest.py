@@ -65,6 +65,7 @@ class FakeCluster:
     def __init__(self, objects: list[Obj] | None = None) -> None:
         self.objects: dict[tuple[str, str, str], Obj] = {}
         self.applies: list[tuple[str, str]] = []
+        self.creates: list[tuple[str, str]] = []
         self.status_patches: list[tuple[str, str, Obj]] = []
         self.fail_apply: dict[str, KubeError] = {}
         for obj in objects or []:
@@ -97,6 +98,15 @@ class FakeCluster:
             new["metadata"]["generation"] = 1
         self.objects[key] = new
         return copy.deepcopy(new)
+
+    def create(self, manifest: Mapping[str, Any]) -> bool:
+        meta = manifest["metadata"]
+        key = self._key(manifest["kind"], meta["namespace"], meta["name"])
+        self.creates.append((manifest["kind"], meta["name"]))
+        if key in self.objects:
+            return False
+        self.objects[key] = copy.deepcopy(dict(manifest))
+        return True
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         obj = self.objects.get(self._key(kind, namespace, name))
@@ -133,7 +143,7 @@ class FakeCluster:
         return sorted(
             (k, n)
             for (k, ns, n) in self.objects
-            if ns == namespace and k not in ("EdgeSite", "ContentSet", "Pod")
+            if ns == namespace and k not in ("EdgeSite", "ContentSet", "Pod", "Secret")
         )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -262,3 +265,130 @@ def test_managed_objects_gauge_follows_sites(fake_cluster: Any, edge_example: An
     reconcile_site(cluster, "gauge", "alpha-east", T0)
     assert value("EdgeSite") == before_sites
     assert value("NetworkPolicy") == before_policies
+
+
+# --- the generated peer Secret --------------------------------------------------------------
+
+
+def _site_without_peer_secret(edge_example: Any, replicas: int = 3) -> dict[str, Any]:
+    site: dict[str, Any] = edge_example("EdgeSite", "alpha-east")
+    del site["spec"]["peering"]
+    site["spec"]["replicas"] = replicas
+    site["metadata"]["uid"] = f"uid-{uuid.uuid4().hex}"  # the created-once memo is per uid
+    return site
+
+
+def test_a_multi_node_site_without_a_peer_secret_gets_a_generated_one(
+    fake_cluster: Any, edge_example: Any, caplog: Any, capsys: Any
+) -> None:
+    cluster = fake_cluster([_site_without_peer_secret(edge_example)])
+    out = reconcile_site(cluster, "edge", "alpha-east", T0)
+    assert not out.errors
+    secret = cluster.objects[("Secret", "edge", "alpha-east-peering")]
+    value = base64.b64decode(secret["data"]["secret"])
+    # 32 random bytes as base64url text: a bearer token the nodes can send as it is.
+    assert len(base64.urlsafe_b64decode(value + b"=")) == 32
+    assert secret["type"] == "Opaque"
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["controller"], owner["blockOwnerDeletion"]) == (
+        "EdgeSite",
+        True,
+        True,
+    )
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "edgefill-operator"
+    # Mounted and configured.
+    sts = cluster.objects[("StatefulSet", "edge", "alpha-east-cache")]
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["peer-secret"]["secret"]["secretName"] == "alpha-east-peering"
+    cm = cluster.objects[("ConfigMap", "edge", "alpha-east-config")]
+    assert (
+        json.loads(cm["data"]["node.json"])["peering"]["secretFile"] == "/etc/edgefill/peer/secret"
+    )
+    # Never logged, by the operator or anything it calls.
+    captured = capsys.readouterr()
+    assert "peer_secret_generated" in captured.out + captured.err + caplog.text
+    for text in (captured.out, captured.err, caplog.text):
+        assert value.decode() not in text
+    degraded = find(_status(cluster, "EdgeSite", "alpha-east")["conditions"], "Degraded")
+    assert degraded is not None
+    assert degraded["status"] == "False"
+
+
+def test_the_generated_peer_secret_is_created_once_and_never_replaced(
+    fake_cluster: Any, edge_example: Any
+) -> None:
+    cluster = fake_cluster([_site_without_peer_secret(edge_example)])
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    first = cluster.objects[("Secret", "edge", "alpha-east-peering")]["data"]
+    reconcile_site(cluster, "edge", "alpha-east", T0 + timedelta(seconds=5))
+    assert cluster.creates == [("Secret", "alpha-east-peering")]  # remembered: no request
+    # The timer asks again (a deleted Secret comes back) but never replaces one that exists.
+    reconcile_site(
+        cluster, "edge", "alpha-east", T0 + timedelta(seconds=15), poller=CountingPoller({})
+    )
+    assert cluster.creates == [("Secret", "alpha-east-peering")] * 2
+    assert cluster.objects[("Secret", "edge", "alpha-east-peering")]["data"] == first
+    assert ("Secret", "alpha-east-peering") not in cluster.applies
+    del cluster.objects[("Secret", "edge", "alpha-east-peering")]
+    reconcile_site(
+        cluster, "edge", "alpha-east", T0 + timedelta(seconds=30), poller=CountingPoller({})
+    )
+    again = cluster.objects[("Secret", "edge", "alpha-east-peering")]["data"]
+    assert again != first  # a fresh random value
+
+
+def test_two_sites_get_different_generated_secrets(fake_cluster: Any, edge_example: Any) -> None:
+    a = _site_without_peer_secret(edge_example)
+    b = _site_without_peer_secret(edge_example)
+    b["metadata"]["name"] = "alpha-west"
+    cluster = fake_cluster([a, b])
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    reconcile_site(cluster, "edge", "alpha-west", T0)
+    sa = cluster.objects[("Secret", "edge", "alpha-east-peering")]["data"]["secret"]
+    sb = cluster.objects[("Secret", "edge", "alpha-west-peering")]["data"]["secret"]
+    assert sa != sb
+
+
+def test_a_named_peer_secret_or_a_single_node_generates_nothing(
+    fake_cluster: Any, edge_example: Any
+) -> None:
+    named = edge_example("EdgeSite", "alpha-east")  # names peer-secret
+    single = _site_without_peer_secret(edge_example, replicas=1)
+    single["metadata"]["name"] = "solo"
+    cluster = fake_cluster([named, single])
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    reconcile_site(cluster, "edge", "solo", T0)
+    assert cluster.creates == []
+    assert not [k for k in cluster.objects if k[0] == "Secret"]
+
+
+def test_a_generated_secret_on_a_site_that_peers_with_others_is_degraded(
+    fake_cluster: Any, edge_example: Any
+) -> None:
+    parent = edge_example("EdgeSite", "alpha-east")
+    child = edge_example("EdgeSite", "beta-west")
+    del child["spec"]["peering"]["secretRef"]
+    child["metadata"]["uid"] = f"uid-{uuid.uuid4().hex}"
+    cluster = fake_cluster([parent, child])
+    reconcile_site(cluster, "edge", "beta-west", T0)
+    assert ("Secret", "edge", "beta-west-peering") in cluster.objects
+    degraded = find(_status(cluster, "EdgeSite", "beta-west")["conditions"], "Degraded")
+    assert degraded is not None
+    assert (degraded["status"], degraded["reason"]) == ("True", "PeerSecretNotShared")
+    assert "spec.peering.secretRef" in degraded["message"]
+
+
+def test_a_failed_secret_create_is_reported_not_raised(
+    fake_cluster: Any, edge_example: Any
+) -> None:
+    cluster = fake_cluster([_site_without_peer_secret(edge_example)])
+
+    def refuse(manifest: Any) -> bool:
+        raise KubeError(403, "Forbidden", "secrets is forbidden")
+
+    cluster.create = refuse
+    out = reconcile_site(cluster, "edge", "alpha-east", T0)
+    assert out.errors == ["Secret alpha-east-peering: Forbidden"]
+    ready = find(_status(cluster, "EdgeSite", "alpha-east")["conditions"], "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")

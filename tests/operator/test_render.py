@@ -18,9 +18,12 @@ from edgefill_operator.planning import SiteRef, fill_plan
 from edgefill_operator.render import (
     SiteInputs,
     Upstream,
+    generates_peer_secret,
     node_config,
+    peer_secret_name,
     quantity_bytes,
     render_children,
+    render_generated_peer_secret,
     render_network_policies,
     render_statefulset,
     restart_checksum,
@@ -417,3 +420,52 @@ def test_checksum_is_stable_across_renders(edge_example: Any) -> None:
     site = edge_example("EdgeSite", "beta-west")
     assert _checksum(site) == _checksum(copy.deepcopy(site))
     assert len(_checksum(site)) == 64
+
+
+# --- the peer secret: named, generated, or none ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("replicas", "named", "expected"),
+    [
+        (2, "peer-secret", "peer-secret"),
+        (1, "peer-secret", "peer-secret"),
+        (3, None, "alpha-east-peering"),
+        (1, None, None),
+        (0, None, None),
+    ],
+)
+def test_peer_secret_is_the_named_one_else_generated_for_several_nodes(
+    edge_example: Any,
+    node_schema: dict[str, Any],
+    replicas: int,
+    named: str | None,
+    expected: str | None,
+) -> None:
+    site = edge_example("EdgeSite", "alpha-east")
+    site["spec"]["replicas"] = replicas
+    site["spec"]["peering"] = {"secretRef": {"name": named}} if named else {}
+    inputs = SiteInputs(site=site)
+    assert peer_secret_name(inputs) == expected
+    assert generates_peer_secret(inputs) == (named is None and expected is not None)
+    doc = node_config(inputs)
+    jsonschema.validate(doc, node_schema)
+    pod = render_statefulset(inputs)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if expected is None:
+        assert "secretFile" not in doc["peering"]
+        assert "peer-secret" not in volumes
+    else:
+        assert doc["peering"]["secretFile"] == "/etc/edgefill/peer/secret"
+        assert volumes["peer-secret"]["secret"]["secretName"] == expected
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "peer-secret"]
+        assert mount == {"name": "peer-secret", "mountPath": "/etc/edgefill/peer", "readOnly": True}
+
+
+def test_generated_peer_secret_manifest_carries_the_value_given(edge_example: Any) -> None:
+    site = edge_example("EdgeSite", "beta-west")
+    secret = render_generated_peer_secret(SiteInputs(site=site), "s3cr3t-value")
+    assert secret["kind"] == "Secret"
+    assert secret["metadata"]["name"] == "beta-west-peering"
+    assert secret["data"] == {"secret": "czNjcjN0LXZhbHVl"}
+    assert secret["metadata"]["ownerReferences"][0]["controller"] is True
