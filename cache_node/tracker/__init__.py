@@ -23,7 +23,14 @@ from aiohttp import web
 
 from cache_node.config import NodeConfig
 from cache_node.tracker.manifest import PieceHashSource, PieceInfo, swarm_id
-from cache_node.tracker.service import OpenGate, TokenGate, TrackerService, sweeper
+from cache_node.tracker.relay import LINK_PATH, Membership, StaticMembership
+from cache_node.tracker.service import (
+    ObjectFiller,
+    OpenGate,
+    TokenGate,
+    TrackerService,
+    sweeper,
+)
 from cache_node.tracker.views import (
     SOCKETS,
     TRACKER,
@@ -31,13 +38,17 @@ from cache_node.tracker.views import (
     close_sockets,
     manifest,
     manifest_keys,
+    member_link,
     scrape,
 )
 
 __all__ = [
     "TRACKER",
+    "Membership",
+    "ObjectFiller",
     "PieceHashSource",
     "PieceInfo",
+    "StaticMembership",
     "TokenGate",
     "TrackerService",
     "register",
@@ -55,12 +66,16 @@ def register(
     node_name: str,
     web_seed_url: str,
     gate: TokenGate | None = None,
+    membership: Membership | None = None,
+    filler: ObjectFiller | None = None,
 ) -> None:
     """Add the tracker routes and lifecycle to the node's client app.
 
     ``gate`` defaults to the content token check when ``tokens.enabled`` (so
     announces need the same tokens as content) and to an open gate otherwise.
-    Nothing is added when ``tracker.enabled`` is false.
+    ``membership`` (the site's members, for owner routing) defaults to the
+    config's peering members; ``filler`` lets ``/manifest`` fill objects this
+    node does not hold yet. Nothing is added when ``tracker.enabled`` is false.
     """
     if not config.tracker.enabled:
         return
@@ -72,7 +87,13 @@ def register(
         else:
             gate = OpenGate()
     service = TrackerService.from_config(
-        config, hashes=hashes, node_name=node_name, web_seed_url=web_seed_url, gate=gate
+        config,
+        hashes=hashes,
+        node_name=node_name,
+        web_seed_url=web_seed_url,
+        gate=gate,
+        membership=membership,
+        filler=filler,
     )
     app[TRACKER] = service
     app[SOCKETS] = weakref.WeakSet()
@@ -80,6 +101,7 @@ def register(
     app.router.add_get("/scrape", scrape)
     app.router.add_get("/manifest-keys", manifest_keys)
     app.router.add_get("/manifest/{key:.+}", manifest)
+    app.router.add_get(LINK_PATH, member_link)
     app.on_shutdown.append(close_sockets)
     app.cleanup_ctx.append(_lifecycle)
 
@@ -90,3 +112,4 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await app[TRACKER].close()

@@ -13,11 +13,34 @@ WebSocket messages follow webtorrent/bittorrent-tracker: binary ids (info_hash,
 peer_id, offer_id, to_peer_id) travel as 20-character strings, one character
 per byte; offers from an announce are relayed one per selected peer, and an
 answer is relayed to ``to_peer_id`` only.
+
+Owner routing (``relay.py``): a swarm lives on the member that owns its object
+by the content ranking; other members redirect HTTP announces there (or
+forward them over a member link) and relay WebSocket messages both ways, so
+two clients of one swarm meet whichever member each reached.
+
+Decisions worth knowing:
+
+* HTTP announce and scrape failures are bencoded ``failure reason`` dicts with
+  status 200 (BEP 3: clients read the body, many ignore it on other statuses),
+  plus BEP 31 ``retry in`` (minutes) and ``Retry-After`` when rate limited.
+* ``ip=`` and ``ipv6=`` (BEP 7) are never used: a peer's address is the one its
+  packets came from, so nobody can point a swarm at someone else. A dual-stack
+  client that wants both families listed announces once over each family.
+* Bad pieces: a client that received a piece failing its manifest hash cannot
+  prove which peer sent it (WebRTC and BitTorrent peers are not identified to
+  the tracker by anything it can check), so the tracker takes no reports and
+  bans nobody on a client's word; that would hand any client a way to evict
+  honest peers. Clients drop the peer and take the piece from the web seed;
+  the signed manifest is what keeps bad data out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
+import itertools
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -35,6 +58,7 @@ from cache_node.tracker.addresses import (
     AddressError,
     IPAddress,
     Locality,
+    canonical,
     client_address,
     compact_peers,
     parse_networks,
@@ -42,11 +66,21 @@ from cache_node.tracker.addresses import (
 from cache_node.tracker.manifest import (
     ManifestSigner,
     PieceHashSource,
+    PieceInfo,
     SwarmIndex,
     load_signing_key,
     swarm_id,
 )
 from cache_node.tracker.ratelimit import RateLimiter
+from cache_node.tracker.relay import (
+    Frame,
+    Link,
+    LinkError,
+    Links,
+    Membership,
+    StaticMembership,
+    client_base_from_peer_url,
+)
 from cache_node.tracker.swarms import (
     AnnounceOutcome,
     AnnounceRejectedError,
@@ -62,6 +96,9 @@ log = structlog.get_logger("edgefill.tracker")
 MAX_WS_SWARMS_PER_CONNECTION = 1000
 ANSWER_COST = 0.25
 MAX_FOREIGN_SWARMS_PER_OBJECT = 16  # answers follow offers we relayed; cheap but not free
+MAX_SCRAPE_HASHES = 100
+MANIFEST_FILL_SECONDS = 30.0
+_SESSION_IDS = itertools.count(1)
 
 
 class RejectedError(Exception):
@@ -78,7 +115,7 @@ class RejectedError(Exception):
 
 
 class RedirectError(Exception):
-    """This swarm lives on another member: send the client there (HTTP 307)."""
+    """This swarm (or manifest) lives on another member: send the client there (HTTP 307)."""
 
     def __init__(self, base: str, key: str) -> None:
         super().__init__(base)
@@ -97,6 +134,20 @@ class OpenGate:
 
     def check(self, token: str | None, key: str) -> tuple[int, str] | None:
         return None
+
+
+class ObjectFiller(Protocol):
+    """The content side: bring an object this site serves into the local store.
+
+    Returns its piece info once committed, None when the origin has no such
+    object; raises :class:`FillUnavailableError` when it cannot tell now.
+    """
+
+    async def fill(self, key: str) -> PieceInfo | None: ...
+
+
+class FillUnavailableError(Exception):
+    """The object could not be filled now (origin or peers failing, deadline passed)."""
 
 
 class Session(Protocol):
@@ -122,6 +173,9 @@ class WsPeerSession:
     # (info_hash, peer_id) memberships: the npm client multiplexes several
     # torrents, each with its own peer id, over one socket per tracker URL.
     swarms: set[tuple[bytes, bytes]] = field(default_factory=set)
+    # Memberships whose swarm lives on another member: -> (member, announce to replay).
+    relayed: dict[tuple[bytes, bytes], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    sid: int = field(default_factory=lambda: next(_SESSION_IDS))
     closed: bool = False
 
     def send(self, message: dict[str, Any]) -> None:
@@ -130,6 +184,15 @@ class WsPeerSession:
 
     def detach(self, info_hash: bytes, peer_id: bytes) -> None:
         self.swarms.discard((info_hash, peer_id))
+
+
+@dataclass(eq=False)
+class MemberLink:
+    """A link another member opened to us (we own the swarms it relays): its clients by id."""
+
+    member: str
+    sender: Callable[[Frame], None]
+    sessions: dict[int, WsPeerSession] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +251,8 @@ class TrackerService:
         web_seed_url: str,
         gate: TokenGate,
         signer: ManifestSigner | None,
+        membership: Membership | None = None,
+        filler: ObjectFiller | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         tracker = config.tracker
@@ -202,7 +267,17 @@ class TrackerService:
         self.clock = clock
         self.trusted_proxies = parse_networks(tracker.trusted_proxies)
         self.locality = Locality(parse_networks(config.client_networks))
-        self.members = [m.name for m in config.peering.members]
+        self.membership = membership or static_membership(config, node_name)
+        self.filler = filler
+        self.links = Links(
+            self.membership,
+            on_frame=self._from_member,
+            on_lost=self._link_lost,
+            connect_timeout=config.peering.connect_timeout_seconds,
+        )
+        # Client connections with memberships (or scrapes) relayed to other members, by id.
+        self._relay_sessions: dict[int, WsPeerSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.registry = SwarmRegistry(
             max_swarms=tracker.max_swarms,
             max_peers_per_swarm=tracker.max_peers_per_swarm,
@@ -225,6 +300,7 @@ class TrackerService:
         }
         self._peer_gauges = {t: metrics.PEERS.labels(t.value) for t in Transport}
         self.interval = tracker.announce_interval_seconds
+        self.min_interval = max(1, self.interval // 4)
 
     @classmethod
     def from_config(
@@ -235,6 +311,8 @@ class TrackerService:
         node_name: str,
         web_seed_url: str,
         gate: TokenGate,
+        membership: Membership | None = None,
+        filler: ObjectFiller | None = None,
     ) -> TrackerService:
         key_file = config.tracker.manifest_key_file
         signer = ManifestSigner(load_signing_key(Path(key_file))) if key_file else None
@@ -245,7 +323,14 @@ class TrackerService:
             web_seed_url=web_seed_url,
             gate=gate,
             signer=signer,
+            membership=membership,
+            filler=filler,
         )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.links.close()
 
     # -- common steps -------------------------------------------------------
 
@@ -286,9 +371,7 @@ class TrackerService:
                     break
                 served = served or hint
             if key is None and served is not None:
-                refused = self.gate.check(token, served)
-                if refused is not None:
-                    raise self._reject(refused[0], "token", refused[1])
+                self._check_token(token, served)
                 self._admit_foreign(info_hash, served)
                 return served
         if key is None:
@@ -298,9 +381,7 @@ class TrackerService:
                 "unknown info_hash: this site serves no such object "
                 "(fetch /manifest/<key> first or announce with object=<object key>)",
             )
-        refused = self.gate.check(token, key)
-        if refused is not None:
-            raise self._reject(refused[0], "token", refused[1])
+        self._check_token(token, key)
         return key
 
     def _admit_foreign(self, info_hash: bytes, key: str) -> None:
@@ -317,20 +398,45 @@ class TrackerService:
                 self.index.discard(old)
         self.index.add(info_hash, key)
 
+    def member_names(self) -> list[str]:
+        return list(self.membership.link_urls())
+
     def owner_url(self, key: str) -> str | None:
         """Client base URL of the member owning ``key``'s swarm, when that is not us.
 
         Swarms live where their object lives (``cache_node.ring``, the same HRW
         ranking as content), so a site's tracker load spreads over its members
-        like its bytes do.
+        like its bytes do. A member known to be down is passed over for the next.
         """
         urls = self.config.member_client_urls
-        if not urls or not self.members:
+        names = self.member_names()
+        if not urls or self.node_name not in names:
             return None
-        owner = ring.rank(key, self.members)[0]
-        if owner == self.node_name:
+        for name in ring.rank(key, names):
+            if name == self.node_name:
+                return None
+            if name in urls and not self.links.is_down(name):
+                return urls[name]
+        return None
+
+    async def route(self, key: str) -> Link | None:
+        """The link to the member holding ``key``'s swarm, or None when this node holds it.
+
+        Walks the ranking: a member that cannot be reached is skipped (marked
+        down for a few seconds), so the next-ranked member takes its swarms.
+        """
+        if not self.links.enabled():
             return None
-        return urls.get(owner)
+        names = self.member_names()
+        if self.node_name not in names:
+            return None
+        for name in ring.rank(key, names):
+            if name == self.node_name:
+                return None
+            link = await self.links.get(name)
+            if link is not None:
+                return link
+        return None
 
     def tracker_bases(self, key: str) -> list[str]:
         """Client base URLs to announce ``key`` to: its owner, then the next-ranked member.
@@ -339,8 +445,9 @@ class TrackerService:
         seed is) is the tracker.
         """
         urls = self.config.member_client_urls
-        if urls and self.members:
-            ranked = [urls[m].rstrip("/") for m in ring.rank(key, self.members) if m in urls]
+        names = self.member_names()
+        if urls and names:
+            ranked = [urls[m].rstrip("/") for m in ring.rank(key, names) if m in urls]
             if ranked:
                 return ranked[:2]
         parts = urllib.parse.urlsplit(self.web_seed_url)
@@ -354,6 +461,11 @@ class TrackerService:
             ws = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
             tiers.append([f"{ws}/announce?{query}", f"{base}/announce?{query}"])
         return tiers
+
+    def _check_token(self, token: str | None, key: str) -> None:
+        refused = self.gate.check(token, key)
+        if refused is not None:
+            raise self._reject(refused[0], "token", refused[1])
 
     def numwant(self, asked: int | None) -> int:
         if asked is None or asked < 0:
@@ -391,14 +503,34 @@ class TrackerService:
 
     # -- HTTP (BEP 3 / 23 / 7) ---------------------------------------------
 
-    async def http_announce(self, ann: HttpAnnounce, addr: IPAddress) -> bytes:
-        """Apply an HTTP announce; returns the bencoded response body."""
-        self.admit(addr)
+    async def http_announce(
+        self, ann: HttpAnnounce, addr: IPAddress, *, admit: bool = True, route: bool = True
+    ) -> bytes:
+        """Apply an HTTP announce; returns the bencoded response body.
+
+        ``admit`` and ``route`` are off for announces a member forwarded to us
+        (it charged the client's rate limit and chose us as the swarm's owner).
+        """
+        if admit:
+            self.admit(addr)
+        if route:
+            key = self.index.lookup(ann.info_hash) or ann.key_hint
+            if key is not None:
+                owner = self.owner_url(key)
+                link = None if owner is not None else await self.route(key)
+                if owner is not None or link is not None:
+                    self._check_token(ann.token, key)
+                if owner is not None:
+                    raise RedirectError(owner.rstrip("/"), key)
+                if link is not None:
+                    try:
+                        return await self._forward_http(link, ann, addr, key)
+                    except LinkError as exc:
+                        self.links.mark_down(link.name)
+                        log.info("tracker_forward_failed", member=link.name, error=str(exc))
+                        return await self.http_announce(ann, addr, admit=False)
         hints = [ann.key_hint] if ann.key_hint else []
         key = await self.resolve(ann.info_hash, hints, ann.token)
-        owner = self.owner_url(key)
-        if owner is not None:
-            raise RedirectError(owner.rstrip("/"), key)
         req = AnnounceRequest(
             info_hash=ann.info_hash,
             peer_id=ann.peer_id,
@@ -414,12 +546,30 @@ class TrackerService:
         outcome = self._apply(req, key)
         return self.http_body(outcome, compact=ann.compact, no_peer_id=ann.no_peer_id)
 
+    async def _forward_http(
+        self, link: Link, ann: HttpAnnounce, addr: IPAddress, key: str
+    ) -> bytes:
+        hints = [key] + ([ann.key_hint] if ann.key_hint and ann.key_hint != key else [])
+        reply = await link.request(
+            {"t": "http", "addr": str(addr), "hints": hints, "ann": _announce_to_json(ann)}
+        )
+        metrics.RELAYED.labels("forward").inc()
+        body = reply.get("body")
+        if isinstance(body, str):
+            return body.encode("latin-1")
+        error = reply.get("error")
+        if isinstance(error, list) and len(error) == 3:
+            status, reason, message = error
+            raise RejectedError(int(status), str(reason), str(message))
+        raise LinkError(f"{link.name} sent an unusable reply")
+
     def http_body(self, outcome: AnnounceOutcome, *, compact: bool, no_peer_id: bool) -> bytes:
         body: dict[str, bencode.Bencodable] = {
             "interval": self.interval,
-            "min interval": max(1, self.interval // 4),
+            "min interval": self.min_interval,
             "complete": outcome.complete,
             "incomplete": outcome.incomplete,
+            "tracker id": self.node_name,
         }
         if compact:
             v4, v6 = compact_peers((p.packed, p.port) for p in outcome.peers)
@@ -430,16 +580,17 @@ class TrackerService:
         return bencode.encode(body)
 
     async def http_scrape(
-        self, info_hashes: Sequence[bytes], addr: IPAddress, token: str | None
+        self,
+        info_hashes: Sequence[bytes],
+        addr: IPAddress,
+        token: str | None,
+        hints: Sequence[str] = (),
     ) -> bytes:
         """BEP 48 scrape for named swarms only (a full scrape would list the catalogue)."""
         self.admit(addr)
-        if not info_hashes:
-            raise self._reject(400, "malformed", "scrape needs at least one info_hash")
-        if len(info_hashes) > 100:
-            raise self._reject(400, "malformed", "at most 100 info_hash values per scrape")
+        self._check_scrape_size(info_hashes)
         metrics.SCRAPES.labels("http").inc()
-        files = self.scrape_files(info_hashes, token)
+        files = await self.scrape_everywhere(info_hashes, token, hints)
         return bencode.encode(
             {
                 "files": files,
@@ -447,12 +598,66 @@ class TrackerService:
             }
         )
 
-    def scrape_files(
-        self, info_hashes: Iterable[bytes], token: str | None
+    def _check_scrape_size(self, info_hashes: Sequence[bytes]) -> None:
+        if not info_hashes:
+            raise self._reject(400, "malformed", "scrape needs at least one info_hash")
+        if len(info_hashes) > MAX_SCRAPE_HASHES:
+            raise self._reject(
+                400, "malformed", f"at most {MAX_SCRAPE_HASHES} info_hash values per scrape"
+            )
+
+    async def scrape_everywhere(
+        self, info_hashes: Sequence[bytes], token: str | None, hints: Sequence[str] = ()
     ) -> dict[bytes, dict[str, bencode.Bencodable]]:
+        """Scrape counts of swarms held here, and of swarms other members own (asked there)."""
+        local: list[bytes] = []
+        remote: dict[str, tuple[Link, list[bytes]]] = {}
+        for ih in info_hashes:
+            key = self.index.lookup(ih) or (hints[0] if hints else None)
+            link = await self.route(key) if key is not None else None
+            if link is None:
+                local.append(ih)
+            else:
+                remote.setdefault(link.name, (link, []))[1].append(ih)
+        files = self.scrape_files(local, token, hints)
+        for link, hashes in remote.values():
+            try:
+                reply = await link.request(
+                    {
+                        "t": "scrape",
+                        "token": token,
+                        "hints": list(hints),
+                        "info_hash": [_text(h) for h in hashes],
+                    }
+                )
+            except LinkError:
+                self.links.mark_down(link.name)
+                files.update(self.scrape_files(hashes, token, hints))
+                continue
+            got = reply.get("files")
+            if isinstance(got, dict):
+                for ih_text, counts in got.items():
+                    if isinstance(ih_text, str) and isinstance(counts, dict):
+                        files[ih_text.encode("latin-1")] = {
+                            k: int(counts.get(k, 0))
+                            for k in ("complete", "incomplete", "downloaded")
+                        }
+        return files
+
+    def scrape_files(
+        self, info_hashes: Iterable[bytes], token: str | None, hints: Sequence[str] = ()
+    ) -> dict[bytes, dict[str, bencode.Bencodable]]:
+        """Counts of the named swarms held here; unknown or forbidden ones are left out.
+
+        A swarm with peers is known by its registry entry even when its hash is
+        a client-chosen one (admitted under an ``object=`` hint).
+        """
         files: dict[bytes, dict[str, bencode.Bencodable]] = {}
         for ih in info_hashes:
             key = self.index.lookup(ih)
+            swarm = self.registry.get(ih)
+            if key is None and swarm is not None:
+                key = swarm.key
             if key is None or self.gate.check(token, key) is not None:
                 continue  # unknown or not allowed: say nothing about it
             stats = self.registry.scrape(ih)
@@ -465,17 +670,31 @@ class TrackerService:
 
     # -- WebSocket (webtorrent / bittorrent-tracker) -------------------------
 
-    async def ws_message(self, session: WsPeerSession, message: object) -> None:
-        """Handle one parsed WebSocket message; replies and relays go through sessions."""
+    async def ws_message(
+        self, session: WsPeerSession, message: object, *, admit: bool = True, route: bool = True
+    ) -> None:
+        """Handle one parsed WebSocket message; replies and relays go through sessions.
+
+        ``admit`` is off for messages relayed by a member (it charged the
+        client) and re-announces after a link loss; ``route`` is off for
+        messages relayed by a member (we are the swarm's owner for it).
+        """
         action = message.get("action") if isinstance(message, dict) else None
         raw_ih = message.get("info_hash") if isinstance(message, dict) else None
         try:
             if not isinstance(message, dict):
                 raise self._reject(400, "malformed", "a tracker message is a JSON object")
             if action == "announce":
+                if admit:
+                    answer = message.get("answer") is not None
+                    self.admit(session.addr, ANSWER_COST if answer else 1.0)
+                if route and await self._ws_forward(session, message):
+                    return
                 await self._ws_announce(session, message)
             elif action == "scrape":
-                self._ws_scrape(session, message)
+                if admit:
+                    self.admit(session.addr)
+                await self._ws_scrape(session, message, route)
             else:
                 raise self._reject(400, "malformed", f"unknown action {action!r}")
         except RejectedError as exc:
@@ -488,14 +707,189 @@ class TrackerService:
                 failure["retry in"] = int(exc.retry_after + 0.999)
             session.send(failure)
 
+    async def _ws_forward(self, session: WsPeerSession, msg: dict[str, Any]) -> bool:
+        """Relay ``msg`` to the member owning its swarm; False when this node owns it."""
+        info_hash = _binary(msg.get("info_hash"), "info_hash")
+        peer_id = _binary(msg.get("peer_id"), "peer_id")
+        membership = (info_hash, peer_id)
+        if msg.get("answer") is not None:
+            via = session.relayed.get(membership)
+            link = self.links.open_link(via[0]) if via is not None else None
+            if link is None:
+                return False
+            if not self._relay(link, session, msg, ()):
+                raise self._reject(503, "relay_congested", "the swarm's node is not keeping up")
+            return True
+        key = self.index.lookup(info_hash) or (session.key_hints[0] if session.key_hints else None)
+        if key is None:
+            return False
+        link = await self.route(key)
+        if link is None:
+            self._unrelay(session, membership)
+            return False
+        self._check_token(session.token, key)
+        if session.closed:
+            return True
+        if membership in session.swarms:  # held here while its owner was down: move it
+            self.registry.leave(info_hash, peer_id, session)
+            session.swarms.discard(membership)
+            self._sync_gauges()
+        via = session.relayed.get(membership)
+        if via is not None and via[0] != link.name:
+            self._unrelay(session, membership)
+        hints = (key, *(h for h in session.key_hints if h != key))
+        if not self._relay(link, session, msg, hints):
+            raise self._reject(503, "relay_congested", "the swarm's node is not keeping up")
+        metrics.RELAYED.labels("forward").inc()
+        if msg.get("event") == Event.STOPPED.value:
+            session.relayed.pop(membership, None)
+        else:
+            replay = {k: v for k, v in msg.items() if k not in ("offers", "event", "numwant")}
+            replay["hints"] = list(hints)
+            session.relayed[membership] = (link.name, replay)
+        return True
+
+    def _relay(
+        self, link: Link, session: WsPeerSession, msg: dict[str, Any], hints: Sequence[str]
+    ) -> bool:
+        self._relay_sessions[session.sid] = session
+        return link.send(
+            {
+                "t": "ws",
+                "sid": session.sid,
+                "addr": str(session.addr),
+                "token": session.token,
+                "hints": list(hints),
+                "msg": msg,
+            }
+        )
+
+    def _unrelay(self, session: WsPeerSession, membership: tuple[bytes, bytes]) -> None:
+        """Take a relayed membership back: the member that held it forgets the peer."""
+        via = session.relayed.pop(membership, None)
+        link = self.links.open_link(via[0]) if via is not None else None
+        if link is not None:
+            info_hash, peer_id = membership
+            link.send(
+                {
+                    "t": "leave",
+                    "sid": session.sid,
+                    "info_hash": _text(info_hash),
+                    "peer_id": _text(peer_id),
+                }
+            )
+
+    def _from_member(self, member: str, frame: Frame) -> None:
+        """A frame an owner sent back over our link: deliver it to the relayed client."""
+        if frame.get("t") != "ws":
+            return
+        session = self._relay_sessions.get(frame.get("sid"))  # type: ignore[arg-type]
+        msg = frame.get("msg")
+        if session is not None and isinstance(msg, dict):
+            session.send(msg)
+
+    def _link_lost(self, member: str) -> None:
+        """A link dropped: re-announce its memberships to the next route at once."""
+        for session in list(self._relay_sessions.values()):
+            for membership, (name, replay) in list(session.relayed.items()):
+                if name != member:
+                    continue
+                del session.relayed[membership]
+                if not session.closed:
+                    self._spawn(self._reannounce(session, replay))
+
+    async def _reannounce(self, session: WsPeerSession, replay: dict[str, Any]) -> None:
+        msg = dict(replay)
+        hints = msg.pop("hints", None)
+        if isinstance(hints, list) and not session.key_hints:
+            session.key_hints = tuple(h for h in hints if isinstance(h, str))
+        await self.ws_message(session, msg, admit=False)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- member links (the owner's side) -------------------------------------
+
+    async def member_frame(self, peer: MemberLink, frame: object) -> Frame | None:
+        """Handle a frame a member relayed to us; returns the reply for request frames."""
+        if not isinstance(frame, dict):
+            return None
+        kind = frame.get("t")
+        sid = frame.get("sid")
+        if kind == "ws" and isinstance(sid, int):
+            session = peer.sessions.get(sid)
+            if session is None:
+                try:
+                    addr = canonical(ipaddress.ip_address(str(frame.get("addr"))))
+                except ValueError:
+                    return None
+                token = frame.get("token")
+                session = WsPeerSession(
+                    addr=addr,
+                    sender=functools.partial(_to_member, peer, sid),
+                    token=token if isinstance(token, str) else None,
+                )
+                peer.sessions[sid] = session
+            hints = frame.get("hints")
+            if isinstance(hints, list) and hints:
+                session.key_hints = tuple(h for h in hints[:16] if isinstance(h, str))
+            await self.ws_message(session, frame.get("msg"), admit=False, route=False)
+        elif kind == "leave" and isinstance(sid, int):
+            session = peer.sessions.get(sid)
+            ih, pid = frame.get("info_hash"), frame.get("peer_id")
+            if session is not None and isinstance(ih, str) and isinstance(pid, str):
+                membership = (ih.encode("latin-1"), pid.encode("latin-1"))
+                self.registry.leave(*membership, session)
+                session.swarms.discard(membership)
+                self._sync_gauges()
+        elif kind == "close" and isinstance(sid, int):
+            session = peer.sessions.pop(sid, None)
+            if session is not None:
+                self.ws_closed(session)
+        elif kind == "http":
+            return {"t": "http", "rid": frame.get("rid"), **await self._member_http(frame)}
+        elif kind == "scrape":
+            return {"t": "scrape", "rid": frame.get("rid"), **self._member_scrape(frame)}
+        return None
+
+    async def _member_http(self, frame: Frame) -> Frame:
+        try:
+            addr = canonical(ipaddress.ip_address(str(frame.get("addr"))))
+            hints = [h for h in frame.get("hints") or [] if isinstance(h, str)]
+            ann = _announce_from_json(frame.get("ann"), hints[0] if hints else None)
+            body = await self.http_announce(ann, addr, admit=False, route=False)
+        except RejectedError as exc:
+            return {"error": [exc.status, exc.reason, exc.message]}
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"error": [400, "malformed", f"unusable forwarded announce: {exc}"]}
+        return {"body": body.decode("latin-1")}
+
+    def _member_scrape(self, frame: Frame) -> Frame:
+        raw = frame.get("info_hash")
+        token = frame.get("token")
+        hints = [h for h in frame.get("hints") or [] if isinstance(h, str)]
+        if not isinstance(raw, list):
+            return {"files": {}}
+        hashes = [h.encode("latin-1") for h in raw[:MAX_SCRAPE_HASHES] if isinstance(h, str)]
+        files = self.scrape_files(hashes, token if isinstance(token, str) else None, hints)
+        return {"files": {_text(ih): v for ih, v in files.items()}}
+
+    def member_link_closed(self, peer: MemberLink) -> None:
+        """A member's link dropped: its relayed clients leave our swarms."""
+        for session in peer.sessions.values():
+            self.ws_closed(session)
+        peer.sessions.clear()
+
+    # -- WebSocket, local part -------------------------------------------------
+
     async def _ws_announce(self, session: WsPeerSession, msg: dict[str, Any]) -> None:
         info_hash = _binary(msg.get("info_hash"), "info_hash")
         peer_id = _binary(msg.get("peer_id"), "peer_id")
         if msg.get("answer") is not None:
-            self.admit(session.addr, ANSWER_COST)
             self._ws_answer(session, info_hash, peer_id, msg)
             return
-        self.admit(session.addr)
         offers = msg.get("offers")
         if offers is None:
             offers = []
@@ -584,15 +978,19 @@ class TrackerService:
         )
         metrics.RELAYED.labels("answer").inc()
 
-    def _ws_scrape(self, session: WsPeerSession, msg: dict[str, Any]) -> None:
-        self.admit(session.addr)
+    async def _ws_scrape(self, session: WsPeerSession, msg: dict[str, Any], route: bool) -> None:
         raw = msg.get("info_hash")
         items = [raw] if isinstance(raw, str) else raw
-        if not isinstance(items, list) or not items or len(items) > 100:
-            raise self._reject(400, "malformed", "scrape needs 1 to 100 info_hash values")
+        if not isinstance(items, list) or not items or len(items) > MAX_SCRAPE_HASHES:
+            raise self._reject(
+                400, "malformed", f"scrape needs 1 to {MAX_SCRAPE_HASHES} info_hash values"
+            )
         hashes = [_binary(i, "info_hash") for i in items]
         metrics.SCRAPES.labels("ws").inc()
-        files = self.scrape_files(hashes, session.token)
+        if route:
+            files = await self.scrape_everywhere(hashes, session.token, session.key_hints)
+        else:
+            files = self.scrape_files(hashes, session.token, session.key_hints)
         session.send(
             {
                 "action": "scrape",
@@ -607,20 +1005,34 @@ class TrackerService:
         for info_hash, peer_id in list(session.swarms):
             self.registry.leave(info_hash, peer_id, session)
         session.swarms.clear()
+        if self._relay_sessions.pop(session.sid, None) is not None:
+            # Every open link: a member may hold a session for it with no swarm left.
+            for link in self.links.open_links():
+                link.send({"t": "close", "sid": session.sid})
+        session.relayed.clear()
         self._sync_gauges()
 
     # -- manifests -----------------------------------------------------------
 
     async def manifest(self, key: str, token: str | None) -> dict[str, str]:
-        """The signed piece-hash manifest of ``key``; registers its swarm id."""
+        """The signed piece-hash manifest of ``key``; registers its swarm id.
+
+        A member that does not hold the object sends the client to the owner
+        (307, when members have public URLs and the owner is up), else fills
+        the object through the content path (the owner, then the origin) and
+        answers itself: any member answers for any object the site serves.
+        """
         if self.signer is None:
             raise self._reject(
                 503, "no_signing_key", "manifest signing is not configured on this node"
             )
-        refused = self.gate.check(token, key)
-        if refused is not None:
-            raise self._reject(refused[0], "token", refused[1])
+        self._check_token(token, key)
         info = await self.hashes.piece_info(key)
+        if info is None:
+            owner = self.owner_url(key)
+            if owner is not None:
+                raise RedirectError(owner.rstrip("/"), key)
+            info = await self._fill(key)
         if info is None:
             raise self._reject(404, "unknown_object", "this site serves no such object")
         self.index.add(swarm_id(key, info.etag), key)
@@ -633,14 +1045,86 @@ class TrackerService:
             announce=self.announce_urls(key),
         )
 
+    async def _fill(self, key: str) -> PieceInfo | None:
+        if self.filler is None:
+            return None
+        try:
+            async with asyncio.timeout(MANIFEST_FILL_SECONDS):
+                return await self.filler.fill(key)
+        except (TimeoutError, FillUnavailableError) as exc:
+            raise self._reject(
+                503,
+                "fill_failed",
+                f"the object could not be fetched for its manifest now: {exc or 'timed out'}",
+                retry_after=5.0,
+            ) from None
+
     def public_keys(self) -> dict[str, list[dict[str, str]]]:
         keys = [self.signer.public_jwk()] if self.signer else []
         return {"keys": keys}
 
 
-def _peer_dict(peer: Peer, no_peer_id: bool) -> dict[str, bencode.Bencodable]:
-    import ipaddress
+def _to_member(peer: MemberLink, sid: int, message: dict[str, Any]) -> None:
+    peer.sender({"t": "ws", "sid": sid, "msg": message})
 
+
+def static_membership(config: NodeConfig, node_name: str) -> StaticMembership:
+    """Members from the config as it is now: client ports at the hosts of their peer URLs."""
+    from cache_node.peering import read_secret
+
+    urls = {
+        m.name: client_base_from_peer_url(m.peer_url, config.listen.client_port)
+        for m in config.peering.members
+    }
+    return StaticMembership(node_name, urls, read_secret(config.peering.secret_file))
+
+
+def _announce_to_json(ann: HttpAnnounce) -> dict[str, Any]:
+    return {
+        "info_hash": _text(ann.info_hash),
+        "peer_id": _text(ann.peer_id),
+        "port": ann.port,
+        "uploaded": ann.uploaded,
+        "downloaded": ann.downloaded,
+        "left": ann.left,
+        "event": ann.event.value,
+        "numwant": ann.numwant,
+        "compact": ann.compact,
+        "no_peer_id": ann.no_peer_id,
+        "token": ann.token,
+    }
+
+
+def _announce_from_json(raw: object, key_hint: str | None) -> HttpAnnounce:
+    if not isinstance(raw, dict):
+        raise TypeError("ann must be an object")
+
+    def opt_int(name: str) -> int | None:
+        value = raw.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer")
+        return value
+
+    token = raw.get("token")
+    return HttpAnnounce(
+        info_hash=_binary(raw.get("info_hash"), "info_hash"),
+        peer_id=_binary(raw.get("peer_id"), "peer_id"),
+        port=int(raw["port"]),
+        uploaded=opt_int("uploaded") or 0,
+        downloaded=opt_int("downloaded") or 0,
+        left=opt_int("left"),
+        event=Event.parse(raw.get("event")),
+        numwant=opt_int("numwant"),
+        compact=bool(raw.get("compact")),
+        no_peer_id=bool(raw.get("no_peer_id")),
+        key_hint=key_hint,
+        token=token if isinstance(token, str) else None,
+    )
+
+
+def _peer_dict(peer: Peer, no_peer_id: bool) -> dict[str, bencode.Bencodable]:
     out: dict[str, bencode.Bencodable] = {
         "ip": str(ipaddress.ip_address(peer.packed)),
         "port": peer.port,

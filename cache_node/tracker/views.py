@@ -7,6 +7,8 @@ Routes (added to the node's client app by :func:`cache_node.tracker.register`):
 * ``GET /scrape``: BEP 48 scrape of named info-hashes.
 * ``GET /manifest/{key}``: the signed piece-hash manifest of an object.
 * ``GET /manifest-keys``: the manifest signing public keys (JWK set).
+* ``GET /tracker/v1/link``: a member's link (WebSocket, site peer secret), over
+  which it relays the swarms this node owns (``relay.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from cache_node import objkeys
+from cache_node.peering import PeerAuthError, check_auth
 from cache_node.tracker import bencode
 from cache_node.tracker.addresses import IPAddress
+from cache_node.tracker.relay import LINK_MAX_MESSAGE, LINK_OUTBOX, MEMBER_HEADER, Frame
 from cache_node.tracker.service import (
     HttpAnnounce,
+    MemberLink,
     RedirectError,
     RejectedError,
     TrackerService,
@@ -148,13 +153,22 @@ def parse_announce(
     )
 
 
-def _failure(exc: RejectedError) -> web.Response:
+def _failure(exc: RejectedError, status: int = 200) -> web.Response:
+    """A BEP 3 failure: a bencoded ``failure reason`` dict, sent with HTTP 200.
+
+    BitTorrent clients read the body of a 200 and report its reason; many treat
+    any other status as a transport error and never show why. Rate limiting
+    adds BEP 31 ``retry in`` (whole minutes) and ``Retry-After`` (seconds).
+    The WebSocket upgrade, which is not BitTorrent, keeps real HTTP statuses.
+    """
     headers = {}
+    body: dict[str, bencode.Bencodable] = {"failure reason": exc.message}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(int(exc.retry_after + 0.999))
+        body["retry in"] = max(1, int(exc.retry_after / 60 + 0.999))
     return web.Response(
-        status=exc.status,
-        body=bencode.encode({"failure reason": exc.message}),
+        status=status,
+        body=bencode.encode(body),
         content_type="text/plain",
         headers=headers,
     )
@@ -189,7 +203,11 @@ async def scrape(request: web.Request) -> web.StreamResponse:
             raise RejectedError(
                 400, "malformed", "info_hash must be exactly 20 bytes (URL-encoded)"
             )
-        body = await service.http_scrape(hashes, addr, _token(service, request, pairs))
+        # The scrape URL is the announce URL with its last segment replaced
+        # (BEP 48), so it carries the announce's object= hint too.
+        hint = _utf8(_one(pairs, OBJECT_PARAM), OBJECT_PARAM)
+        hints = [_key(hint)] if hint is not None else []
+        body = await service.http_scrape(hashes, addr, _token(service, request, pairs), hints)
     except RejectedError as exc:
         return _failure(exc)
     return web.Response(body=body, content_type="text/plain")
@@ -204,6 +222,10 @@ async def manifest(request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
         key = _key(raw_path[len("/manifest/") :])
         doc = await service.manifest(key, _token(service, request, pairs))
+    except RedirectError as moved:
+        query = request.rel_url.raw_query_string
+        target = f"{moved.base}/manifest/{urllib.parse.quote(moved.key)}"
+        raise web.HTTPTemporaryRedirect(target + (f"?{query}" if query else "")) from None
     except RejectedError as exc:
         return web.json_response(
             {"error": exc.reason, "message": exc.message},
@@ -233,7 +255,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 hints.append(_key(_utf8(value, OBJECT_PARAM) or ""))
         token = _token(service, request, pairs)
     except RejectedError as exc:
-        return _failure(exc)
+        return _failure(exc, exc.status)
 
     ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=30.0, compress=False)
     await ws.prepare(request)
@@ -286,6 +308,57 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         for fut in closing:
             with contextlib.suppress(Exception):
                 await fut
+    return ws
+
+
+async def member_link(request: web.Request) -> web.StreamResponse:
+    """Another member's link: it relays the clients of swarms this node owns."""
+    service = request.app[TRACKER]
+    member = request.headers.get(MEMBER_HEADER, "")
+    try:
+        check_auth(request.headers.get("Authorization"), service.membership.secret())
+    except PeerAuthError as exc:
+        return web.Response(status=401, text=f"{exc}\n")
+    if member not in service.member_names() or member == service.node_name:
+        return web.Response(status=403, text=f"{member!r} is not another member of this site\n")
+    ws = web.WebSocketResponse(max_msg_size=LINK_MAX_MESSAGE, heartbeat=30.0, compress=False)
+    await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
+    outbox: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=LINK_OUTBOX)
+
+    def enqueue(frame: Frame) -> None:
+        # Signalling is best effort: past a full outbox, frames are dropped (and
+        # the clients re-announce) rather than buffered without bound.
+        with contextlib.suppress(asyncio.QueueFull):
+            outbox.put_nowait(frame)
+
+    peer = MemberLink(member=member, sender=enqueue)
+
+    async def writer() -> None:
+        while (frame := await outbox.get()) is not None:
+            try:
+                await ws.send_str(json.dumps(frame))
+            except ConnectionError:
+                return
+
+    writer_task = asyncio.create_task(writer())
+    log.info("tracker_member_link", member=member)
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            try:
+                frame = json.loads(msg.data)
+            except ValueError:
+                continue
+            reply = await service.member_frame(peer, frame)
+            if reply is not None:
+                enqueue(reply)
+    finally:
+        service.member_link_closed(peer)
+        writer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer_task
     return ws
 
 

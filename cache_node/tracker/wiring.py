@@ -1,4 +1,5 @@
-"""Wiring into the cache node: the store as PieceHashSource, the node's key ring as gate.
+"""Wiring into the cache node: the store as PieceHashSource, the node's key ring as gate,
+the live peering membership for owner routing, and the loader as ObjectFiller.
 
 ``cache_node.app.create_apps`` takes extensions ``(app, config) -> None`` that run
 before the object catch-all route; :func:`extension` builds the tracker's. The
@@ -9,16 +10,20 @@ both adapters look them up on each call through the app's ``NODE`` key.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
 from cache_node import tokens
 from cache_node.appkeys import NODE
 from cache_node.config import NodeConfig
+from cache_node.loader import Fill, FillFailedError
+from cache_node.peering import Hop, read_secret
+from cache_node.store import Entry
 from cache_node.tracker import register
 from cache_node.tracker.manifest import PieceInfo
-from cache_node.tracker.service import OpenGate, TokenGate
+from cache_node.tracker.relay import client_base_from_peer_url
+from cache_node.tracker.service import FillUnavailableError, OpenGate, TokenGate
 
 _DERIVED = "tracker.piece_info"
 
@@ -36,18 +41,82 @@ class StorePieceHashes:
         entry = store.peek(key)  # a manifest or announce is not a content access
         if entry is None:
             return None
-        cached = entry.derived.get(_DERIVED)
-        if isinstance(cached, PieceInfo):
-            return cached
-        meta = entry.meta
-        info = PieceInfo(
-            size=meta.info.size,
-            piece_size=meta.piece_size,
-            sha256=tuple(bytes.fromhex(h) for h in meta.piece_hashes),
-            etag=meta.info.etag,
-        )
-        entry.derived[_DERIVED] = info  # dropped with the entry when it is replaced
-        return info
+        return piece_info_of(entry)
+
+
+def piece_info_of(entry: Entry) -> PieceInfo:
+    """The piece info of a committed entry, computed once per entry."""
+    cached = entry.derived.get(_DERIVED)
+    if isinstance(cached, PieceInfo):
+        return cached
+    meta = entry.meta
+    info = PieceInfo(
+        size=meta.info.size,
+        piece_size=meta.piece_size,
+        sha256=tuple(bytes.fromhex(h) for h in meta.piece_hashes),
+        etag=meta.info.etag,
+    )
+    entry.derived[_DERIVED] = info  # dropped with the entry when it is replaced
+    return info
+
+
+class LoaderFiller:
+    """Fills an object the way a client request would: the key's owner, parents, origin."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    async def fill(self, key: str) -> PieceInfo | None:
+        node = self._app[NODE]
+        if node.loader is None or not node.ready:
+            raise FillUnavailableError("the node is still starting (store recovery)")
+        before = node.peering.chain(key, Hop()) if node.peering is not None else []
+        found = await node.loader.lookup(key, before)
+        try:
+            entry = found if isinstance(found, Entry) else await _committed(found)
+        except FillFailedError as exc:
+            if exc.not_found:
+                return None
+            raise FillUnavailableError(str(exc)) from None
+        return piece_info_of(entry)
+
+
+async def _committed(fill: Fill) -> Entry:
+    """Wait for a fill to commit (every byte written and hashed) or fail."""
+    _, _, epoch = await fill.wait_info()
+    while not fill.done:
+        try:
+            await fill.wait_bytes(fill.written, epoch)
+        except FillFailedError:
+            if fill.error is not None:
+                raise
+            _, _, epoch = await fill.wait_info()  # restarted from zero: follow the new epoch
+    if fill.entry is None:
+        raise fill.error or FillFailedError(f"{fill.key}: fill ended without an object")
+    return fill.entry
+
+
+class NodeMembership:
+    """The node's live peering membership (config reloads change it without a restart)."""
+
+    def __init__(self, app: web.Application, me: str) -> None:
+        self._app = app
+        self._me = me
+
+    @property
+    def me(self) -> str:
+        return self._me
+
+    def link_urls(self) -> Mapping[str, str]:
+        config = self._app[NODE].config
+        port = config.listen.client_port
+        return {m.name: client_base_from_peer_url(m.peer_url, port) for m in config.peering.members}
+
+    def secret(self) -> bytes | None:
+        node = self._app[NODE]
+        if node.peering is not None:
+            return node.peering.secret
+        return read_secret(node.config.peering.secret_file)
 
 
 class KeyRingGate:
@@ -86,6 +155,8 @@ def extension(
             node_name=node_name,
             web_seed_url=web_seed_url,
             gate=gate,
+            membership=NodeMembership(app, node_name),
+            filler=LoaderFiller(app),
         )
 
     return install

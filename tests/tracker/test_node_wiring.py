@@ -1,6 +1,7 @@
-"""The tracker inside a real cache node: the object is filled from the S3 origin (moto on
-loopback) through the node's content path, then its manifest comes from the store's own
-piece hashes, the node serves it as web seed by Range, and announces work on the same port.
+"""The tracker inside a real cache node: a manifest request for an object the node does not
+hold fills it from the S3 origin (moto on loopback) through the node's content path, the
+manifest comes from the store's own piece hashes, the node serves it as web seed by Range,
+and announces work on the same port.
 """
 
 from __future__ import annotations
@@ -94,20 +95,19 @@ async def test_manifest_from_the_store_and_web_seed_by_range(
             await asyncio.sleep(0.01)
         assert apps.node.ready
         async with aiohttp.ClientSession() as http:
-            # not stored yet: no manifest (and no swarm) for it
-            async with http.get(f"{base}/manifest/{KEY}") as resp:
+            # not at the origin: no manifest (and no swarm) for it
+            async with http.get(f"{base}/manifest/vod/wired/absent.m4s") as resp:
                 assert resp.status == 404
-            async with http.get(f"{base}/{KEY}") as resp:  # a miss fills it from S3
+            # not stored yet: the manifest request fills it through the content path
+            assert apps.node.store is not None
+            assert KEY not in apps.node.store
+            async with http.get(f"{base}/manifest/{KEY}") as resp:
+                status, raw = resp.status, await resp.read()
+            assert status == 200, raw
+            assert KEY in apps.node.store
+            async with http.get(f"{base}/{KEY}") as resp:  # now a hit
                 assert resp.status == 200
                 assert await resp.read() == DATA
-            # the fill commits just after the last byte is streamed: poll briefly
-            for _ in range(200):
-                async with http.get(f"{base}/manifest/{KEY}") as resp:
-                    status, raw = resp.status, await resp.read()
-                if status == 200:
-                    break
-                await asyncio.sleep(0.02)
-            assert status == 200, raw
             doc = json.loads(raw)
             async with http.get(f"{base}/manifest-keys") as resp:
                 jwk = (await resp.json())["keys"][0]

@@ -1,7 +1,9 @@
 // Unmodified npm `bittorrent-tracker` clients announcing over WebSocket to a tracker.
 //
-//   node --import ./register.mjs ws-peers.mjs <announce-url> <info-hash-hex> [clients] [deadline-s]
+//   node --import ./register.mjs ws-peers.mjs <announce-url>[,<announce-url>...] <info-hash-hex> [clients] [deadline-s]
 //
+// With several comma-separated URLs, client i announces to URL i mod n only (clients
+// of one swarm reaching different members of a site).
 // Each client announces (with WebRTC offers); the tracker relays offers and answers;
 // once two clients hold a live data channel they exchange a greeting. Prints one
 // JSON line per event and a final {"result": ...}; exits 0 when every client found
@@ -9,7 +11,8 @@
 import Client from 'bittorrent-tracker'
 import { randomBytes } from 'node:crypto'
 
-const [announce, infoHash, countArg, deadlineArg] = process.argv.slice(2)
+const [announceArg, infoHash, countArg, deadlineArg] = process.argv.slice(2)
+const announces = announceArg.split(',')
 const count = Number(countArg || 2)
 const state = Array.from({ length: count }, () => ({ peers: 0, received: [] }))
 const clients = []
@@ -30,7 +33,7 @@ for (let i = 0; i < count; i++) {
   const client = new Client({
     infoHash,
     peerId: randomBytes(20),
-    announce: [announce],
+    announce: [announces[i % announces.length]],
     port: 6881,
     getAnnounceOpts: () => ({ uploaded: 0, downloaded: 0, left: 1000 })
   })
