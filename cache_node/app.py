@@ -99,6 +99,8 @@ def _resources(
             on_origin_request=node.metrics.origin_request,
             on_fill_done=node.metrics.fill_done,
             on_upstream_failure=node.metrics.upstream_failure,
+            not_found_ttl=lambda: node.config.serving.not_found_ttl_seconds,
+            on_negative_hit=node.metrics.negative_hit,
         )
         background = [
             asyncio.create_task(_recover(node, store), name="store-recovery"),

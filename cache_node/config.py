@@ -234,6 +234,14 @@ class Serving(_Model):
         ge=0,
         description="Objects up to this size may be kept in the in-memory tier.",
     )
+    not_found_ttl_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="How long a key the origin answered 404 for is answered 404 without "
+        "asking the origin again (negative cache; 0 turns it off). An object uploaded "
+        "meanwhile becomes visible after at most this long.",
+    )
 
 
 class Tracker(_Model):

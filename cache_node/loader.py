@@ -23,6 +23,14 @@ Within a fill:
 * the object is committed only when its length matches and every piece is
   hashed; on any failure the temp file is dropped and readers see
   :class:`FillFailedError`, which the view turns into an aborted connection.
+
+Negative cache: a definitive 404 from the origin is remembered for
+``serving.notFoundTtlSeconds`` (:class:`NegativeCache`), so a flood of requests
+for a missing key costs one origin GET per TTL, not one per request. It sits
+behind single-flight: requests that arrive while the fill that learns the 404
+is running share that fill's answer; requests after it hit the negative entry.
+Only client-facing lookups consult it (``respect_negative``): pre-positioning
+asks the origin itself, and a committed object always wins over an entry.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -70,6 +79,41 @@ class RetryPolicy:
         return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
 
 
+class NegativeCache:
+    """Keys the origin answered 404 for, each until its expiry (monotonic seconds).
+
+    Bounded (oldest insertions dropped first) so a scan of random missing keys
+    cannot grow memory without limit; expired entries are dropped when met.
+    """
+
+    def __init__(self, max_entries: int = 65_536) -> None:
+        self.max_entries = max_entries
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def holds(self, key: str, now: float) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until <= now:
+            del self._until[key]
+            return False
+        return True
+
+    def add(self, key: str, now: float, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._until.pop(key, None)
+        self._until[key] = now + ttl
+        while len(self._until) > self.max_entries:
+            self._until.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._until.pop(key, None)
+
+
 class Fill:
     """One in-progress fetch of one key, shared by every waiter."""
 
@@ -84,6 +128,14 @@ class Fill:
         self.done = False
         self.waiters = 0
         self._changed = asyncio.Event()
+
+    @classmethod
+    def not_found(cls, key: str) -> Fill:
+        """A finished fill answering 404 (from the negative cache)."""
+        fill = cls(key)
+        fill.error = FillFailedError(f"{key}: not at the origin (remembered 404)", not_found=True)
+        fill.done = True
+        return fill
 
     @property
     def written(self) -> int:
@@ -131,6 +183,8 @@ class Loader:
         on_origin_request: Callable[[str, float], None] | None = None,
         on_fill_done: Callable[[str, int], None] | None = None,
         on_upstream_failure: Callable[[str, str], None] | None = None,
+        not_found_ttl: Callable[[], float] = lambda: 0.0,
+        on_negative_hit: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.upstreams = list(upstreams)
@@ -141,22 +195,37 @@ class Loader:
         self._on_fill_done = on_fill_done
         self._on_upstream_failure = on_upstream_failure or (lambda source, cause: None)
         self.fills_started = 0
+        self.negative = NegativeCache()
+        self._not_found_ttl = not_found_ttl
+        self._on_negative_hit = on_negative_hit or (lambda: None)
 
-    async def lookup(self, key: str, before: Sequence[Upstream] = ()) -> Entry | Fill:
+    async def lookup(
+        self,
+        key: str,
+        before: Sequence[Upstream] | Callable[[], Sequence[Upstream]] = (),
+        *,
+        respect_negative: bool = False,
+    ) -> Entry | Fill:
         """A verified committed entry, or the (possibly new) fill for ``key``.
 
         ``before`` are upstreams to try ahead of the configured ones (the key's
-        owner peer, parent and sibling sites) when this call starts the fill.
+        owner peer, parent and sibling sites) when this call starts the fill; a
+        callable is asked only then (ranking members costs time a hit need not pay).
+        With ``respect_negative`` a key the origin recently answered 404 for gives
+        a finished, not-found :class:`Fill` without asking anyone.
         """
         entry = self.store.get(key)
         if entry is not None and (entry.verified or await self.store.verify(entry)):
             return entry
+        if respect_negative and self.negative.holds(key, time.monotonic()):
+            self._on_negative_hit()
+            return Fill.not_found(key)
         fill = self._fills.get(key)
         if fill is None:
             fill = Fill(key)
             self._fills[key] = fill
             self.fills_started += 1
-            chain = [*before, *self.upstreams]
+            chain = [*(before() if callable(before) else before), *self.upstreams]
             task = asyncio.create_task(self._run(fill, chain), name=f"fill:{key}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -198,6 +267,10 @@ class Loader:
                     self._on_fill_done("not_found", 0)
                 else:
                     self._on_fill_done("failed", 0)
+            if fill.entry is not None:
+                self.negative.discard(fill.key)
+            elif fill.error is not None and fill.error.not_found:
+                self.negative.add(fill.key, time.monotonic(), self._not_found_ttl())
             fill.done = True
             self._fills.pop(fill.key, None)
             fill._notify()

@@ -125,6 +125,12 @@ class Metrics:
             ["sender", "result"],
             registry=r,
         )
+        self.not_found_cached = Counter(
+            "edgefill_not_found_cached_responses",
+            "Requests answered 404 from the negative cache (the origin said no such key "
+            "within serving.notFoundTtlSeconds), without asking the origin again.",
+            registry=r,
+        )
         for result in RESULTS:
             self.requests.labels(result)
         # The hit path's children, resolved once (labels() costs a lock and a dict lookup).
@@ -133,6 +139,9 @@ class Metrics:
 
     def watch_store(self, store: Store, fills_in_progress: Callable[[], int]) -> None:
         self.registry.register(_StoreCollector(store, fills_in_progress))
+
+    def negative_hit(self) -> None:
+        self.not_found_cached.inc()
 
     def upstream_failure(self, source: str, cause: str) -> None:
         self.upstream_failures.labels(source, cause).inc()

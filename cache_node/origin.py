@@ -20,8 +20,8 @@ they are limited to one attempt here; the load path retries (with backoff and
 
 from __future__ import annotations
 
+import asyncio
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -70,25 +70,47 @@ class _S3Body:
         self._key = key
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        window_start = time.monotonic()
+        """The body in chunks, abandoned when it arrives slower than the minimum.
+
+        Throughput is judged per window of :data:`THROUGHPUT_WINDOW_SECONDS`. While
+        a window's quota (minimum x window) is still owed, a read may only wait until
+        the window ends, so an origin that stalls or trickles a byte now and then
+        (never tripping the per-read timeout) is given up at the end of the window,
+        not after the total deadline.
+        """
+        loop = asyncio.get_running_loop()
+        window = THROUGHPUT_WINDOW_SECONDS
+        quota = self._min * window
+        window_start = loop.time()
         window_bytes = 0
         while True:
+            deadline = window_start + window if self._min and window_bytes < quota else None
+            limit = asyncio.timeout_at(deadline)
             try:
-                chunk: bytes = await self._stream.read(CHUNK)
-            except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                async with limit:
+                    chunk: bytes = await self._stream.read(CHUNK)
+            except TimeoutError as exc:
+                if limit.expired():
+                    raise SlowUpstreamError(
+                        f"origin body of {self._key}: {window_bytes} bytes in {window:g}s, "
+                        f"below the minimum of {self._min} B/s"
+                    ) from exc
+                raise UpstreamError(f"origin body of {self._key} timed out: {exc}") from exc
+            except (BotoCoreError, aiohttp.ClientError, OSError) as exc:
                 raise UpstreamError(f"origin body of {self._key} broke off: {exc}") from exc
             if not chunk:
                 return
             yield chunk
             window_bytes += len(chunk)
-            elapsed = time.monotonic() - window_start
-            if elapsed >= THROUGHPUT_WINDOW_SECONDS:
+            now = loop.time()
+            elapsed = now - window_start
+            if elapsed >= window:
                 if self._min and window_bytes / elapsed < self._min:
                     raise SlowUpstreamError(
                         f"origin body of {self._key} at {window_bytes / elapsed:.0f} B/s, "
                         f"below the minimum {self._min} B/s"
                     )
-                window_start, window_bytes = time.monotonic(), 0
+                window_start, window_bytes = now, 0
 
     async def release(self) -> None:
         self._stream.close()

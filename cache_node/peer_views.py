@@ -19,23 +19,24 @@ from cache_node.appkeys import NODE
 from cache_node.bloom import digest_of
 from cache_node.objkeys import KeyRejectedError, normalise
 from cache_node.peering import OBJECTS_PATH, PeerAuthError, check_auth, parse_hop
-from cache_node.serve import serve_key
+from cache_node.serve import method_answer, request_path, serve_key
 
 
 async def peer_object(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     peering = node.peering
-    if request.method not in ("GET", "HEAD"):
-        return web.Response(status=405, text="GET or HEAD\n", headers={"Allow": "GET, HEAD"})
+    answer = method_answer(request.method)
+    if answer is not None:
+        return answer
     try:
         check_auth(request.headers.get("Authorization"), peering.secret if peering else None)
     except PeerAuthError as exc:
         node.metrics.peer_requests.labels("unknown", "unauthorized").inc()
-        return web.Response(status=401, text=f"{exc}\n")
+        return web.Response(status=401, text=f"{exc}\n", headers={"WWW-Authenticate": "Bearer"})
     assert peering is not None
     if not node.ready or node.loader is None:
         return web.Response(status=503, text="starting\n", headers={"Retry-After": "5"})
-    raw = request.raw_path
+    raw = request_path(request)
     if not raw.startswith(OBJECTS_PATH):
         return web.Response(status=404)
     try:
@@ -65,7 +66,7 @@ async def peer_digest(request: web.Request) -> web.Response:
     try:
         check_auth(request.headers.get("Authorization"), peering.secret if peering else None)
     except PeerAuthError as exc:
-        return web.Response(status=401, text=f"{exc}\n")
+        return web.Response(status=401, text=f"{exc}\n", headers={"WWW-Authenticate": "Bearer"})
     assert peering is not None
     if node.store is None or not node.ready:
         return web.Response(status=503, text="starting\n")

@@ -15,10 +15,13 @@ Decisions (RFC 9110 leaves them to the server):
   ignoring Range). This keeps the sendfile path simple and closes the range
   amplification abuse (many small or overlapping ranges, CVE-2011-3192 and
   nginx CVE-2017-7529). More than :data:`MAX_RANGES` ranges are ignored too.
-* A syntactically invalid Range header, or a unit other than ``bytes``, is
-  ignored (200), as nginx and Apache do; a valid header none of whose ranges is
+* A syntactically invalid Range header (whitespace inside a range-spec or
+  around ``=`` too), or a unit other than ``bytes``, is ignored (200), as
+  nginx and Apache do; a valid header none of whose ranges is
   satisfiable gives 416 with ``Content-Range: bytes */<length>``.
-* A zero-length object has no satisfiable range.
+* A zero-length object: a ``first-last`` range is unsatisfiable (416); a suffix
+  range of non-zero length is satisfiable by §14.1.1, but no ``Content-Range``
+  can describe an empty part, so the header is ignored (200, empty body).
 * Preconditions are evaluated in the order of §13.2.2: If-Match, then
   If-Unmodified-Since (only without If-Match), then If-None-Match, then
   If-Modified-Since (only without If-None-Match, GET/HEAD), then If-Range.
@@ -88,10 +91,11 @@ def parse_range(header: str, size: int) -> list[Span] | None:
 
 
 def _parse_range(header: str, size: int) -> list[Span]:
-    unit, sep, rest = header.partition("=")
-    if not sep or unit.strip().lower() != "bytes":
+    # ranges-specifier = range-unit "=" range-set; OWS only around the list's commas.
+    unit, sep, rest = header.strip(" \t").partition("=")
+    if not sep or unit.lower() != "bytes":
         raise _IgnoreRangeError
-    specs = [s.strip() for s in rest.split(",")]
+    specs = [s.strip(" \t") for s in rest.split(",")]
     specs = [s for s in specs if s]
     if not specs or len(specs) > MAX_RANGES:
         raise _IgnoreRangeError
@@ -100,11 +104,12 @@ def _parse_range(header: str, size: int) -> list[Span]:
         first, dash, last = spec.partition("-")
         if not dash:
             raise _IgnoreRangeError
-        first, last = first.strip(), last.strip()
         if first == "":
             suffix = _parse_int(last)
-            if suffix == 0 or size == 0:
+            if suffix == 0:
                 continue  # unsatisfiable
+            if size == 0:
+                raise _IgnoreRangeError  # satisfiable, yet no 206 can carry an empty part
             start = max(0, size - suffix)
             spans.append(Span(start, size - start))
             continue
@@ -241,7 +246,7 @@ def plan(method: str, headers: Mapping[str, str], obj: Validators) -> Plan:
     if spans is None:
         return full
     if not spans:
-        return Plan(416, None, {"Content-Range": f"bytes */{obj.size}", "Content-Length": "0"})
+        return Plan(416, None, {"Content-Range": f"bytes */{obj.size}"})
     if len(spans) > 1:
         return full
     span = spans[0]

@@ -9,6 +9,20 @@ lookup), ask the loader for a committed entry or a fill in progress, let
 * from the fill's temp file as it grows for a miss (cut-through). If the fill
   fails after the status line went out, the connection is aborted, never
   finished cleanly: a client must not mistake a short body for an object.
+
+HTTP semantics decided here (RFC 9110): GET and HEAD are served; OPTIONS
+answers 204 with ``Allow``; every other method is 405 with ``Allow`` (aiohttp's
+parser answers 400 for a method it does not know at all). A request target in
+absolute-form (RFC 9112 §3.2.2) names the same key as its origin-form. Error
+bodies are ``text/plain`` with a reason a person can act on. A definitive 404
+from the origin is remembered for ``serving.notFoundTtlSeconds`` (see
+:class:`cache_node.loader.NegativeCache`) and says so in ``Cache-Control``.
+
+The hit path is the hot path: everything that depends only on the stored
+object (headers, validators, the plain 200 plan) is formatted once per entry
+and kept in ``Entry.derived``; a request without Range or conditional headers
+skips :func:`cache_node.ranges.plan`, and the peer chain is only ranked on a
+miss.
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -27,7 +41,7 @@ from cache_node.loader import Fill, FillFailedError
 from cache_node.node import Node
 from cache_node.objkeys import KeyRejectedError, normalise
 from cache_node.peering import Hop
-from cache_node.ranges import Plan, Validators, format_http_date, plan
+from cache_node.ranges import Plan, Span, Validators, format_http_date, plan
 from cache_node.store import Entry, ObjectInfo, Writer
 from cache_node.tokens import TokenRejectedError, verify
 from cache_node.upstream import Upstream
@@ -35,7 +49,16 @@ from cache_node.upstream import Upstream
 log = structlog.get_logger("cache_node.serve")
 
 READ_CHUNK = 256 * 1024
-ALLOW = "GET, HEAD"
+ALLOW = "GET, HEAD, OPTIONS"
+TOKEN_CHALLENGE = 'EdgeFill-Token realm="edgefill"'  # noqa: S105 - a scheme name, no secret
+# Request headers that make an answer differ from the plain 200 of the whole object.
+_PLAN_HEADERS = (
+    "Range",
+    "If-Match",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Unmodified-Since",
+)
 
 
 def object_headers(
@@ -51,18 +74,29 @@ def object_headers(
     }
 
 
-def _entry_headers(entry: Entry, now: float, default_cc: str) -> dict[str, str]:
-    """Headers of a committed object: formatted once per entry, only Age changes."""
-    cached = entry.derived.get("headers")
-    if not isinstance(cached, dict):
+class _EntryForm:
+    """What a committed entry's answers share, formatted once (kept in ``Entry.derived``)."""
+
+    __slots__ = ("body_headers", "cache_control", "full", "headers", "validators")
+
+    def __init__(self, entry: Entry, default_cc: str) -> None:
         info = entry.meta.info
-        cached = object_headers(info, entry.meta.stored_at, now, default_cc)
-        cached["X-EdgeFill-Result"] = "hit"
-        entry.derived["headers"] = cached
-        entry.derived["validators"] = validators(info)
-    headers = dict(cached)
-    headers["Age"] = str(max(0, int(now - entry.meta.stored_at)))
-    return headers
+        self.cache_control = default_cc
+        headers = object_headers(info, entry.meta.stored_at, entry.meta.stored_at, default_cc)
+        del headers["Age"]
+        headers["X-EdgeFill-Result"] = "hit"
+        self.headers = headers  # 304/412/416: no representation metadata (§15.4.5)
+        self.body_headers = {**headers, "Content-Type": info.content_type}
+        self.validators = validators(info)
+        self.full = Plan(200, Span(0, info.size), {"Content-Length": str(info.size)})
+
+
+def _entry_form(entry: Entry, default_cc: str) -> _EntryForm:
+    form = entry.derived.get("form")
+    if not isinstance(form, _EntryForm) or form.cache_control != default_cc:
+        form = _EntryForm(entry, default_cc)
+        entry.derived["form"] = form
+    return form
 
 
 def validators(info: ObjectInfo) -> Validators:
@@ -77,24 +111,49 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=reason + "\n", headers=headers or None)
 
 
-def _respond_without_body(p: Plan, base: dict[str, str], info: ObjectInfo) -> web.StreamResponse:
-    headers = dict(base)
-    headers.update(p.headers)
-    if p.status in (412, 416):
-        for name in ("Age", "Cache-Control"):
-            headers.pop(name, None)
-        return web.Response(status=p.status, headers=headers)
-    return web.Response(status=p.status, headers=headers)
+def method_answer(method: str) -> web.Response | None:
+    """``None`` for GET and HEAD; the answer for every other method (RFC 9110 §9)."""
+    if method == "GET" or method == "HEAD":
+        return None
+    if method == "OPTIONS":
+        return web.Response(status=204, headers={"Allow": ALLOW})
+    return _error(405, f"method {method} is not allowed here; use GET or HEAD", Allow=ALLOW)
+
+
+def request_path(request: web.Request) -> str:
+    """The raw path of the request target; absolute-form targets are reduced to it."""
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    return request.rel_url.raw_path
+
+
+_STATUS_REASONS = {
+    412: "precondition failed (If-Match / If-Unmodified-Since / If-None-Match)",
+    416: "range not satisfiable",
+}
+
+
+def _respond_without_body(p: Plan, base: dict[str, str]) -> web.StreamResponse:
+    """304, 412 or 416: validators and the plan's headers; a short reason for the errors."""
+    headers = {**base, **p.headers}
+    if p.status == 304:
+        return web.Response(status=304, headers=headers)
+    for name in ("Age", "Cache-Control", "Accept-Ranges"):
+        headers.pop(name, None)
+    headers.pop("Content-Length", None)
+    return web.Response(status=p.status, text=_STATUS_REASONS[p.status] + "\n", headers=headers)
 
 
 async def handle_object(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
-    if request.method not in ("GET", "HEAD"):
-        return _error(405, f"method {request.method} not allowed", Allow=ALLOW)
+    answer = method_answer(request.method)
+    if answer is not None:
+        return answer
     if not node.ready or node.loader is None:
         return _error(503, "cache node is starting (store recovery)", **{"Retry-After": "5"})
     try:
-        key = normalise(request.raw_path)
+        key = normalise(request_path(request))
     except KeyRejectedError as exc:
         node.metrics.rejected.labels("bad_key").inc()
         return _error(exc.status, exc.reason)
@@ -105,17 +164,27 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
             verify(token, key, node.keyring.keys, time.time(), tcfg.clock_skew_seconds)
         except TokenRejectedError as exc:
             node.metrics.rejected.labels("token").inc()
+            if exc.status == 401:  # RFC 9110 §11.6.1: a 401 names how to authenticate
+                return _error(401, exc.reason, **{"WWW-Authenticate": TOKEN_CHALLENGE})
             return _error(exc.status, exc.reason)
-    before = node.peering.chain(key, Hop()) if node.peering is not None else []
-    return await serve_key(request, node, key, before)
+    peering = node.peering
+    if peering is None:
+        return await serve_key(request, node, key, ())
+    return await serve_key(request, node, key, lambda: peering.chain(key, Hop()))
 
 
 async def serve_key(
-    request: web.Request, node: Node, key: str, before: Sequence[Upstream]
+    request: web.Request,
+    node: Node,
+    key: str,
+    before: Sequence[Upstream] | Callable[[], Sequence[Upstream]],
 ) -> web.StreamResponse:
-    """Answer GET/HEAD for an accepted key: a hit, or a fill through ``before`` then origin."""
+    """Answer GET/HEAD for an accepted key: a hit, or a fill through ``before`` then origin.
+
+    ``before`` may be a callable: it is only called when a fill starts.
+    """
     assert node.loader is not None
-    found = await node.loader.lookup(key, before)
+    found = await node.loader.lookup(key, before, respect_negative=True)
     if isinstance(found, Entry):
         return await _serve_entry(request, node, found)
     return await _serve_fill(request, node, found)
@@ -123,20 +192,20 @@ async def serve_key(
 
 async def _serve_entry(request: web.Request, node: Node, entry: Entry) -> web.StreamResponse:
     info = entry.meta.info
-    base = _entry_headers(entry, time.time(), node.config.serving.cache_control)
-    obj = entry.derived["validators"]
-    assert isinstance(obj, Validators)
-    p = plan(request.method, request.headers, obj)
+    form = _entry_form(entry, node.config.serving.cache_control)
     node.metrics.hit_requests.inc()
+    req_headers = request.headers
+    p = form.full
+    for name in _PLAN_HEADERS:
+        if name in req_headers:
+            p = plan(request.method, req_headers, form.validators)
+            break
+    age = str(max(0, int(time.time() - entry.meta.stored_at)))
     if p.span is None:
-        return _respond_without_body(p, base, info)
-    headers = {**base, **p.headers, "Content-Type": info.content_type}
+        return _respond_without_body(p, {**form.headers, "Age": age})
+    headers = {**form.body_headers, **p.headers, "Age": age}
     if request.method == "HEAD":
-        resp = web.StreamResponse(status=p.status, headers=headers)
-        resp.content_length = p.span.length if p.status == 206 else info.size
-        await resp.prepare(request)
-        await resp.write_eof()
-        return resp
+        return web.Response(status=p.status, headers=headers)
     memory = node.memory
     if memory is not None and memory.eligible(entry):
         data = memory.get(entry)
@@ -144,16 +213,17 @@ async def _serve_entry(request: web.Request, node: Node, entry: Entry) -> web.St
             data = await asyncio.to_thread(entry.data_path.read_bytes)
             if len(data) == info.size:
                 memory.put(entry, data)
-        body = data[p.span.start : p.span.start + p.span.length]
-        node.metrics.hit_bytes.inc(len(body))
-        headers.pop("Content-Length", None)
-        return web.Response(status=p.status, body=body, headers=headers)
+        if p.span.length != len(data):
+            data = data[p.span.start : p.span.start + p.span.length]
+        node.metrics.hit_bytes.inc(len(data))
+        del headers["Content-Length"]
+        return web.Response(status=p.status, body=data, headers=headers)
     try:
         fd = os.open(entry.data_path, os.O_RDONLY)
     except FileNotFoundError:  # evicted between lookup and open: answer as a miss would
         return _error(503, "object was evicted; retry", **{"Retry-After": "1"})
     try:
-        headers.pop("Content-Length", None)
+        del headers["Content-Length"]
         resp = web.StreamResponse(status=p.status, headers=headers)
         resp.content_length = p.span.length
         try:
@@ -210,16 +280,19 @@ async def _serve_fill(request: web.Request, node: Node, fill: Fill) -> web.Strea
         info, writer, epoch = await fill.wait_info()
     except FillFailedError as exc:
         if exc.not_found:
-            return _error(404, f"no object {fill.key!r} at the origin")
+            ttl = node.config.serving.not_found_ttl_seconds
+            cc = f"max-age={int(ttl)}" if ttl >= 1 else "no-store"
+            return _error(404, f"no object {fill.key!r} at the origin", **{"Cache-Control": cc})
         node.metrics.requests.labels("error").inc()
         return _error(502, f"origin fetch failed: {exc}")
     result = fill.source or "origin"
-    base = object_headers(info, time.time(), time.time(), node.config.serving.cache_control)
+    now = time.time()
+    base = object_headers(info, now, now, node.config.serving.cache_control)
     base["X-EdgeFill-Result"] = "miss"
     p = plan(request.method, request.headers, validators(info))
     node.metrics.requests.labels(result).inc()
     if p.span is None:
-        return _respond_without_body(p, base, info)
+        return _respond_without_body(p, base)
     headers = {**base, **p.headers, "Content-Type": info.content_type}
     headers.pop("Content-Length", None)
     resp = web.StreamResponse(status=p.status, headers=headers)

@@ -147,7 +147,11 @@ async def _check(
                 problems.append(f"{name}: {resp.headers.get(name)!r} != {value!r}")
         data = bucket.objects[case.key]
         if case.span is None:
-            if body:
+            if resp.status in (412, 416) and case.method == "GET":
+                # an error: a short text/plain reason, never object bytes
+                if not resp.headers.get("Content-Type", "").startswith("text/plain"):
+                    problems.append(f"{resp.status} without a text/plain reason")
+            elif body:
                 problems.append(f"unexpected body of {len(body)} bytes")
         else:
             start, end = case.span
