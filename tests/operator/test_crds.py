@@ -7,6 +7,7 @@ extensions.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,105 @@ def test_api_reference_is_generated_from_the_crds() -> None:
         cwd=REPO,
     )
     assert out.returncode == 0, out.stderr
+
+
+# --- Kubernetes API conventions -------------------------------------------------------------
+
+METAV1_CONDITION = {
+    "type": {
+        "maxLength": 316,
+        "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    },
+    "status": {"enum": ["True", "False", "Unknown"]},
+    "observedGeneration": {"format": "int64", "minimum": 0},
+    "lastTransitionTime": {"format": "date-time"},
+    "reason": {
+        "minLength": 1,
+        "maxLength": 1024,
+        "pattern": r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+    },
+    "message": {"maxLength": 32768},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+def test_conditions_are_metav1_conditions_keyed_by_type(kind: str) -> None:
+    status = _schema(kind)["properties"]["status"]
+    assert status["properties"]["observedGeneration"]["format"] == "int64"
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    item = conditions["items"]
+    assert set(item["required"]) == {"type", "status", "lastTransitionTime", "reason", "message"}
+    assert set(item["properties"]) == set(METAV1_CONDITION)
+    for name, want in METAV1_CONDITION.items():
+        for key, value in want.items():
+            assert item["properties"][name][key] == value, (name, key)
+
+
+@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+def test_every_list_declares_its_list_type(kind: str) -> None:
+    for path, node in _walk(_schema(kind), kind):
+        if node.get("type") != "array":
+            continue
+        list_type = node.get("x-kubernetes-list-type")
+        assert list_type in ("atomic", "set", "map"), path
+        if list_type == "map":
+            keys = node["x-kubernetes-list-map-keys"]
+            item = node["items"]
+            for key in keys:  # map keys must be required (or defaulted) scalars
+                assert key in item.get("required", []) or "default" in item["properties"][key]
+
+
+@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+def test_field_names_are_lower_camel_case(kind: str) -> None:
+    for path, node in _walk(_schema(kind), kind):
+        for name in node.get("properties") or {}:
+            assert re.fullmatch(r"[a-z][a-zA-Z0-9]*", name), f"{path}.{name}"
+
+
+@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+def test_enums_are_camel_case_and_documented(kind: str) -> None:
+    for path, node in _walk(_schema(kind), kind):
+        if "enum" not in node or path.endswith(".status"):
+            continue  # condition status True/False/Unknown is metav1's own enum
+        for value in node["enum"]:
+            assert re.fullmatch(r"[A-Z][A-Za-z0-9]*", value), f"{path}: {value}"
+            assert value in node["description"], f"{path}: {value} not described"
+
+
+def test_byte_sizes_are_quantities() -> None:
+    spec = _schema("EdgeSite")["properties"]["spec"]["properties"]
+    for node in (
+        spec["storage"]["properties"]["size"],
+        spec["cache"]["properties"]["size"],
+        spec["cache"]["properties"]["memoryTier"],
+    ):
+        assert node["x-kubernetes-int-or-string"] is True
+        assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+        assert re.fullmatch(node["pattern"], "20Gi")
+        assert re.fullmatch(node["pattern"], "1.5e10")
+        assert not re.fullmatch(node["pattern"], "20 GB")
+
+
+def test_durations_are_integer_seconds() -> None:
+    """API conventions: durations are integers with the unit in the name (fooSeconds)."""
+    for kind in CRD_FILES:
+        for path, node in _walk(_schema(kind), kind):
+            if path.endswith("Seconds"):
+                assert node["type"] == "integer", path
+
+
+def test_edgesite_scale_subresource_matches_the_schema() -> None:
+    (version,) = _crd("EdgeSite")["spec"]["versions"]
+    scale = version["subresources"]["scale"]
+    assert scale == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    schema = _schema("EdgeSite")["properties"]
+    assert schema["spec"]["properties"]["replicas"]["format"] == "int32"
+    assert schema["status"]["properties"]["replicas"]["format"] == "int32"
+    assert schema["status"]["properties"]["selector"]["type"] == "string"

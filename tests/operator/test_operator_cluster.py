@@ -390,3 +390,141 @@ def test_sigkill_the_operator_while_it_reconciles(operator: Any, namespace: str,
         took.append(time.monotonic() - started)
     print(f"convergence after each SIGKILL (s): {[round(t, 1) for t in took]}")
     assert operator.starts == 11
+
+
+def _template_checksum(cluster: Any, ns: str, site: str) -> str | None:
+    sts = get(cluster, ns, "statefulset", f"{site}-cache")
+    annotations = ((sts or {}).get("spec", {}).get("template", {}).get("metadata") or {}).get(
+        "annotations"
+    ) or {}
+    value = annotations.get("edgefill.io/restart-config-checksum")
+    return str(value) if value else None
+
+
+def test_scale_subresource_rollout_checksum_and_generated_peer_secret(
+    operator: Any, namespace: str, wait: Any
+) -> None:
+    """`kubectl scale edgesite` works; start-only config changes roll pods, live ones do not."""
+    cluster = operator.cluster
+    apply_examples(cluster, namespace, "00-secrets")
+    doc = yaml.safe_load((EXAMPLES / "10-edgesite-alpha-east.yaml").read_text())
+    del doc["spec"]["peering"]  # no secret named: the operator generates one
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+    wait("children", lambda: children(cluster, namespace) == expected_children("alpha-east"))
+
+    # The generated peer Secret: owned by the site, mounted, named in node.json.
+    secret = wait(
+        "generated peer Secret", lambda: get(cluster, namespace, "secret", "alpha-east-peering")
+    )
+    (owner,) = secret["metadata"]["ownerReferences"]
+    site = get(cluster, namespace, "edgesite", "alpha-east")
+    assert site is not None
+    assert owner["uid"] == site["metadata"]["uid"]
+    assert owner["controller"] is True
+    assert owner["blockOwnerDeletion"] is True
+    assert set(secret["data"]) == {"secret"}
+    assert node_json(cluster, namespace, "alpha-east")["peering"]["secretFile"]
+
+    # Scale subresource: kubectl scale on the EdgeSite itself.
+    cluster.kubectl("scale", "edgesite/alpha-east", "-n", namespace, "--replicas=4")
+    wait(
+        "StatefulSet scaled through the EdgeSite",
+        lambda: (
+            (get(cluster, namespace, "statefulset", "alpha-east-cache") or {})
+            .get("spec", {})
+            .get("replicas")
+            == 4
+        ),
+    )
+    wait(
+        "four members in node.json",
+        lambda: len(node_json(cluster, namespace, "alpha-east")["peering"]["members"]) == 4,
+    )
+
+    def scale_status() -> dict[str, Any] | None:
+        out = cluster.kubectl(
+            "get", "edgesite", "alpha-east", "-n", namespace, "--subresource=scale", "-o", "json"
+        )
+        scale: dict[str, Any] = json.loads(out.stdout)
+        return scale if scale.get("status", {}).get("replicas") == 4 else None
+
+    scale = wait("scale status", scale_status, timeout=90)
+    assert scale["kind"] == "Scale"
+    assert scale["spec"]["replicas"] == 4
+    assert scale["status"]["selector"] == (
+        "app.kubernetes.io/name=edgefill-cache-node,edgefill.io/site=alpha-east"
+    )
+    # The secret did not change with the scale (pods keep authenticating each other).
+    again = get(cluster, namespace, "secret", "alpha-east-peering")
+    assert again is not None
+    assert again["data"] == secret["data"]
+
+    # Rollout: a live-reloaded change keeps the pod template, a start-only one changes it.
+    before = wait("checksum", lambda: _template_checksum(cluster, namespace, "alpha-east"))
+    cluster.kubectl(
+        "patch",
+        "edgesite",
+        "alpha-east",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"fill": {"window": {"start": "04:15"}}}}',
+    )
+    wait(
+        "window in node.json",
+        lambda: node_json(cluster, namespace, "alpha-east")["fill"]["window"]["start"] == "04:15",
+    )
+    assert _template_checksum(cluster, namespace, "alpha-east") == before
+    cluster.kubectl(
+        "patch",
+        "edgesite",
+        "alpha-east",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"cache": {"size": "17Gi"}}}',
+    )
+    wait(
+        "new checksum on the pod template",
+        lambda: _template_checksum(cluster, namespace, "alpha-east") not in (None, before),
+    )
+
+    # Conditions in metav1.Condition shape, for the current generation.
+    def current() -> dict[str, Any] | None:
+        obj = get(cluster, namespace, "edgesite", "alpha-east")
+        status = (obj or {}).get("status") or {}
+        if obj is None or status.get("observedGeneration") != obj["metadata"]["generation"]:
+            return None
+        return obj
+
+    obj = wait("status for the latest generation", current)
+    types = [c["type"] for c in obj["status"]["conditions"]]
+    assert types == ["Ready", "Progressing", "Degraded", "Filled"]
+    for c in obj["status"]["conditions"]:
+        assert c["status"] in ("True", "False", "Unknown")
+        assert c["observedGeneration"] == obj["metadata"]["generation"]
+        assert c["reason"][0].isupper()
+        assert c["reason"].isalnum()
+        assert c["lastTransitionTime"].endswith("Z")
+
+    # Events name the EdgeSite as their involved object, with CamelCase reasons.
+    events = json.loads(
+        cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "involvedObject.kind=EdgeSite,involvedObject.name=alpha-east",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
+    assert events
+    for e in events:
+        assert e["involvedObject"]["uid"] == obj["metadata"]["uid"]
+        assert e["involvedObject"]["apiVersion"] == "edgefill.io/v1alpha1"
+        assert e["reason"][0].isupper()
+        assert e["reason"].isalnum()

@@ -469,3 +469,17 @@ def test_generated_peer_secret_manifest_carries_the_value_given(edge_example: An
     assert secret["metadata"]["name"] == "beta-west-peering"
     assert secret["data"] == {"secret": "czNjcjN0LXZhbHVl"}
     assert secret["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_byte_sizes_given_as_integers(edge_example: Any, node_schema: dict[str, Any]) -> None:
+    """Quantities are int-or-string: plain byte counts render like their suffixed forms."""
+    site = edge_example("EdgeSite", "alpha-east")
+    site["spec"]["storage"] = {"size": 21474836480}
+    site["spec"]["cache"] = {"size": 10737418240, "memoryTier": 0}
+    inputs = SiteInputs(site=site)
+    doc = node_config(inputs)
+    assert doc["store"]["maxBytes"] == 10 * 1024**3
+    assert doc["store"]["memoryTierBytes"] == 0
+    jsonschema.validate(doc, node_schema)
+    (claim,) = render_statefulset(inputs)["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == 21474836480
