@@ -9,6 +9,8 @@ characters so ``<site>-cache-<n>`` and ``<site>-peers`` stay valid DNS labels.
 
 from __future__ import annotations
 
+import re
+
 GROUP = "edgefill.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -90,9 +92,25 @@ def selector_labels(site: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": APP_NAME, SITE_LABEL: site}
 
 
-def common_labels(site: str) -> dict[str, str]:
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def image_version(image: str) -> str | None:
+    """The tag of an image reference when it is a valid label value (not for digests)."""
+    if "@" in image:
+        return None
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag or not tag or len(tag) > 63 or not _LABEL_VALUE.match(tag):
+        return None
+    return tag
+
+
+def common_labels(site: str, image: str | None = None) -> dict[str, str]:
+    """The recommended ``app.kubernetes.io/*`` labels (plus our site label) of every child."""
+    version = image_version(image) if image else None
     return {
         **selector_labels(site),
+        **({"app.kubernetes.io/version": version} if version else {}),
         "app.kubernetes.io/instance": site,
         "app.kubernetes.io/component": "cache-node",
         "app.kubernetes.io/part-of": "edgefill",

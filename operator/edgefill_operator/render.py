@@ -28,6 +28,7 @@ Obj = Mapping[str, Any]
 Manifest = dict[str, Any]
 
 DEFAULT_PORTS = {"client": 8080, "peer": 8081, "metrics": 9090}
+DEFAULT_IMAGE = "edgefill/cache-node:0.1.0"
 
 EVICTION_POLICIES = {"LRU": "lru", "S3FIFO": "s3fifo", "SIEVE": "sieve"}
 """The API's CamelCase enum values (Kubernetes API conventions) to the node config's names."""
@@ -81,6 +82,10 @@ def quantity_bytes(value: str | int) -> int:
     return int(exact.to_integral_value(rounding="ROUND_FLOOR"))
 
 
+def image(spec: Obj) -> str:
+    return str(spec.get("image", DEFAULT_IMAGE))
+
+
 def ports(spec: Obj) -> dict[str, int]:
     given = spec.get("ports") or {}
     return {k: int(given.get(k, v)) for k, v in DEFAULT_PORTS.items()}
@@ -102,7 +107,7 @@ def _metadata(inputs: SiteInputs, name: str) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": inputs.namespace,
-        "labels": names.common_labels(inputs.name),
+        "labels": names.common_labels(inputs.name, image(inputs.spec)),
         "ownerReferences": [owner_reference(inputs.site)],
     }
 
@@ -572,7 +577,7 @@ def render_statefulset(inputs: SiteInputs) -> Manifest:
     resources = spec.get("resources") or {}
     container: dict[str, Any] = {
         "name": "cache-node",
-        "image": spec.get("image", "edgefill/cache-node:0.1.0"),
+        "image": image(spec),
         "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
         "args": ["--config", f"{names.CONFIG_DIR}/{names.CONFIG_KEY}"],
         "env": [
@@ -648,7 +653,7 @@ def render_statefulset(inputs: SiteInputs) -> Manifest:
         "selector": {"matchLabels": names.selector_labels(site)},
         "template": {
             "metadata": {
-                "labels": names.common_labels(site),
+                "labels": names.common_labels(site, image(spec)),
                 # Pods restart when a section the node reads only at start changes.
                 "annotations": {names.CONFIG_CHECKSUM_ANNOTATION: restart_checksum(config)},
             },

@@ -116,7 +116,18 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         _site(_set("clientNetworks", ["2001:db8::/129"])),
         "client networks must be CIDRs",
     ),
+    (
+        "cidr-host-bits-names-the-fix",
+        _site(_set("clientNetworks", ["10.0.0.1/24"])),
+        "203.0.113.0/24 or 2001:db8::/32; 10.0.0.1/24 has host bits set",
+    ),
+    (
+        "proxy-not-a-cidr",
+        _site(_set("tracker.trustedProxies", ["proxy.example"])),
+        "proxy.example is not a CIDR",
+    ),
     # bad time zones
+    ("tz-names-the-value", _site(_set("fill.window.timeZone", "CET+1")), "or UTC, not CET+1"),
     ("tz-lowercase", _site(_set("fill.window.timeZone", "europe/berlin")), "IANA time zone"),
     ("tz-offset", _site(_set("fill.window.timeZone", "UTC+2")), "IANA time zone"),
     ("tz-no-area", _site(_set("fill.window.timeZone", "Berlin")), "IANA time zone"),

@@ -483,3 +483,33 @@ def test_byte_sizes_given_as_integers(edge_example: Any, node_schema: dict[str, 
     jsonschema.validate(doc, node_schema)
     (claim,) = render_statefulset(inputs)["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == 21474836480
+
+
+@pytest.mark.parametrize(
+    ("image", "version"),
+    [
+        ("edgefill/cache-node:0.1.0", "0.1.0"),
+        ("registry.example.org:5000/edgefill/cache-node:1.2.3-rc.1", "1.2.3-rc.1"),
+        ("registry.example.org:5000/edgefill/cache-node", None),
+        ("edgefill/cache-node@sha256:" + "a" * 64, None),
+        ("edgefill/cache-node", None),
+    ],
+)
+def test_children_carry_the_recommended_labels(
+    edge_example: Any, image: str, version: str | None
+) -> None:
+    site = edge_example("EdgeSite", "alpha-east")
+    site["spec"]["image"] = image
+    children = render_children(SiteInputs(site=site))
+    sts = next(c for c in children if c["kind"] == "StatefulSet")
+    for labels in [c["metadata"]["labels"] for c in children] + [
+        sts["spec"]["template"]["metadata"]["labels"]
+    ]:
+        assert labels["app.kubernetes.io/name"] == "edgefill-cache-node"
+        assert labels["app.kubernetes.io/instance"] == "alpha-east"
+        assert labels["app.kubernetes.io/component"] == "cache-node"
+        assert labels["app.kubernetes.io/part-of"] == "edgefill"
+        assert labels["app.kubernetes.io/managed-by"] == "edgefill-operator"
+        assert labels.get("app.kubernetes.io/version") == version
+    # The selector (immutable on a StatefulSet) never carries the version.
+    assert "app.kubernetes.io/version" not in sts["spec"]["selector"]["matchLabels"]
