@@ -113,13 +113,17 @@ def main() -> int:
         wrk(ours_port, info_hash, extra_ours, 2, args.connections)
         wrk(theirs_port, info_hash, "", 2, args.connections)
         runs: dict[str, list[float]] = {"edgefill": [], "bittorrent-tracker": []}
-        for _ in range(args.rounds):
-            runs["edgefill"].append(
-                wrk(ours_port, info_hash, extra_ours, args.seconds, args.connections)
-            )
-            runs["bittorrent-tracker"].append(
-                wrk(theirs_port, info_hash, "", args.seconds, args.connections)
-            )
+        targets = {
+            "edgefill": (ours_port, extra_ours),
+            "bittorrent-tracker": (theirs_port, ""),
+        }
+        for round_no in range(args.rounds):
+            # Alternate who goes first, so neither always runs on a machine that the
+            # other has just warmed (or heated) up.
+            order = list(targets) if round_no % 2 == 0 else list(reversed(targets))
+            for name in order:
+                port, extra = targets[name]
+                runs[name].append(wrk(port, info_hash, extra, args.seconds, args.connections))
         results = {name: statistics.median(values) for name, values in runs.items()}
     finally:
         for proc in (ours, theirs):

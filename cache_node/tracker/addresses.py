@@ -11,6 +11,7 @@ parameter is never used.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ def _in_any(addr: IPAddress, networks: Sequence[IPNetwork]) -> bool:
     return any(addr.version == n.version and addr in n for n in networks)
 
 
+@functools.lru_cache(maxsize=65536)
+def _socket_address(peer_host: str) -> IPAddress:
+    """Parsed socket address; cached, since a client announces from one address many times."""
+    return canonical(ipaddress.ip_address(peer_host.split("%", 1)[0]))
+
+
 def client_address(
     peer_host: str | None,
     forwarded_for: Sequence[str],
@@ -61,7 +68,7 @@ def client_address(
     if not peer_host:
         raise AddressError("the connection has no peer address")
     try:
-        current = canonical(ipaddress.ip_address(peer_host.split("%", 1)[0]))
+        current = _socket_address(peer_host)
     except ValueError:
         raise AddressError(f"unparseable socket address {peer_host!r}") from None
     if not trusted_proxies or not _in_any(current, trusted_proxies):

@@ -60,7 +60,6 @@ from cache_node.tracker.addresses import (
     Locality,
     canonical,
     client_address,
-    compact_peers,
     parse_networks,
 )
 from cache_node.tracker.manifest import (
@@ -195,7 +194,7 @@ class MemberLink:
     sessions: dict[int, WsPeerSession] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every announce, frozen __init__ is slower
 class HttpAnnounce:
     """A parsed BEP 3 announce (the view decodes the raw query string)."""
 
@@ -298,7 +297,14 @@ class TrackerService:
         self._announce_counters = {
             (t, e): metrics.ANNOUNCES.labels(t.value, e.value) for t in Transport for e in Event
         }
-        self._peer_gauges = {t: metrics.PEERS.labels(t.value) for t in Transport}
+        # Gauges read the registry when scraped: nothing to update per announce.
+        metrics.SWARMS.set_function(self.registry.__len__)
+        for transport in Transport:
+            metrics.PEERS.labels(transport.value).set_function(
+                functools.partial(self.registry.peer_counts.__getitem__, transport)
+            )
+        tid = self.node_name.encode("utf-8")
+        self._tracker_id = b"%d:%s" % (len(tid), tid)
         self.interval = tracker.announce_interval_seconds
         self.min_interval = max(1, self.interval // 4)
 
@@ -486,19 +492,12 @@ class TrackerService:
                 409 if exc.reason == "peer_id_in_use" else 503, exc.reason, exc.message
             ) from None
         self._announce_counters[req.transport, req.event].inc()
-        self._sync_gauges()
         self.efficiency.add(outcome.uploaded_delta, outcome.downloaded_delta)
         return outcome
-
-    def _sync_gauges(self) -> None:
-        metrics.SWARMS.set(len(self.registry))
-        for transport, count in self.registry.peer_counts.items():
-            self._peer_gauges[transport].set(count)
 
     def sweep(self) -> int:
         """Expire silent peers (periodic task); keeps the gauges honest."""
         expired = self.registry.sweep(self.clock())
-        self._sync_gauges()
         return expired
 
     # -- HTTP (BEP 3 / 23 / 7) ---------------------------------------------
@@ -513,7 +512,7 @@ class TrackerService:
         """
         if admit:
             self.admit(addr)
-        if route:
+        if route and (self.config.member_client_urls or self.links.enabled()):
             key = self.index.lookup(ann.info_hash) or ann.key_hint
             if key is not None:
                 owner = self.owner_url(key)
@@ -564,19 +563,34 @@ class TrackerService:
         raise LinkError(f"{link.name} sent an unusable reply")
 
     def http_body(self, outcome: AnnounceOutcome, *, compact: bool, no_peer_id: bool) -> bytes:
+        """The BEP 3 reply; the compact form is written directly (the hot path of the tracker)."""
+        if compact:
+            v4 = b"".join([p.compact for p in outcome.peers if len(p.compact) == 6])
+            v6 = b"".join([p.compact for p in outcome.peers if len(p.compact) != 6])
+            # Keys in bencoding's sorted order; equal to bencode.encode of the same dict.
+            return (
+                b"d8:completei%de10:incompletei%de8:intervali%de12:min intervali%de"
+                b"5:peers%d:%s6:peers6%d:%s10:tracker id%se"
+                % (
+                    outcome.complete,
+                    outcome.incomplete,
+                    self.interval,
+                    self.min_interval,
+                    len(v4),
+                    v4,
+                    len(v6),
+                    v6,
+                    self._tracker_id,
+                )
+            )
         body: dict[str, bencode.Bencodable] = {
             "interval": self.interval,
             "min interval": self.min_interval,
             "complete": outcome.complete,
             "incomplete": outcome.incomplete,
             "tracker id": self.node_name,
+            "peers": [_peer_dict(p, no_peer_id) for p in outcome.peers],
         }
-        if compact:
-            v4, v6 = compact_peers((p.packed, p.port) for p in outcome.peers)
-            body["peers"] = v4
-            body["peers6"] = v6
-        else:
-            body["peers"] = [_peer_dict(p, no_peer_id) for p in outcome.peers]
         return bencode.encode(body)
 
     async def http_scrape(
@@ -733,7 +747,6 @@ class TrackerService:
         if membership in session.swarms:  # held here while its owner was down: move it
             self.registry.leave(info_hash, peer_id, session)
             session.swarms.discard(membership)
-            self._sync_gauges()
         via = session.relayed.get(membership)
         if via is not None and via[0] != link.name:
             self._unrelay(session, membership)
@@ -843,7 +856,6 @@ class TrackerService:
                 membership = (ih.encode("latin-1"), pid.encode("latin-1"))
                 self.registry.leave(*membership, session)
                 session.swarms.discard(membership)
-                self._sync_gauges()
         elif kind == "close" and isinstance(sid, int):
             session = peer.sessions.pop(sid, None)
             if session is not None:
@@ -1010,7 +1022,6 @@ class TrackerService:
             for link in self.links.open_links():
                 link.send({"t": "close", "sid": session.sid})
         session.relayed.clear()
-        self._sync_gauges()
 
     # -- manifests -----------------------------------------------------------
 

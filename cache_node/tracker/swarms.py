@@ -72,6 +72,7 @@ class Peer:
     """One peer in one swarm. ``ident`` is peer id + packed address (20 + 4 or 16 bytes)."""
 
     __slots__ = (
+        "compact",
         "complete",
         "downloaded",
         "expires",
@@ -95,6 +96,8 @@ class Peer:
     ) -> None:
         self.ident = ident
         self.port = port
+        # BEP 23 form (address + port), kept ready: every announce reply joins these.
+        self.compact = ident[20:] + port.to_bytes(2, "big")
         self.transport = transport
         self.session = session
         self.net = net
@@ -194,6 +197,11 @@ class Swarm:
             for each in self.peers.values():
                 self.groups.add(each)
 
+    def touch(self, pkey: bytes, peer: Peer) -> None:
+        """Move a peer to the most recently seen end (its locality groups do not change)."""
+        del self.peers[pkey]
+        self.peers[pkey] = peer
+
     def discard(self, pkey: bytes, peer: Peer) -> None:
         del self.peers[pkey]
         if self.groups is not None:
@@ -204,7 +212,7 @@ class Swarm:
         return len(self.peers) - self.complete
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ costs a setattr call per field
 class AnnounceRequest:
     info_hash: bytes
     peer_id: bytes
@@ -333,11 +341,18 @@ class SwarmRegistry:
         else:
             self._account(peer, req, outcome)
             peer.session = req.session
-            peer.port = req.port
-            swarm.discard(pkey, peer)  # re-insert: now the most recently seen
-            if req.transport is Transport.WS:
-                peer.ident = ident  # a WebSocket peer's address follows its live connection
-            swarm.add(pkey, peer)
+            if peer.ident != ident:
+                # A WebSocket peer's address follows its live connection: re-index it.
+                swarm.discard(pkey, peer)
+                peer.ident = ident
+                peer.net = self.locality.network_of(req.addr)
+                peer.compact = ident[20:] + req.port.to_bytes(2, "big")
+                swarm.add(pkey, peer)
+            else:
+                swarm.touch(pkey, peer)  # now the most recently seen
+            if peer.port != req.port:
+                peer.port = req.port
+                peer.compact = ident[20:] + req.port.to_bytes(2, "big")
         peer.expires = now + self.peer_ttl
         done = req.left == 0 or req.event is Event.COMPLETED
         if done and not peer.complete:
@@ -443,21 +458,28 @@ class SwarmRegistry:
         O(numwant) instead of one random number per candidate.
         """
         n = len(pool)
-        start = self._rng.randrange(n)
+        rng = self._rng
+        idx = rng.randrange(n)
         stride = 1
         if n > 2:
-            stride = self._rng.randrange(1, n)
+            stride = rng.randrange(1, n)
             while math.gcd(stride, n) != 1:
                 stride = stride % (n - 1) + 1
-        idx = start
+        skip_seeders = me.complete
+        want = numwant - len(chosen)
+        seen_add, choose = seen.add, chosen.append
         for _ in range(n):
             peer = pool[idx]
-            idx = (idx + stride) % n
-            if id(peer) in seen or (me.complete and peer.complete):
+            idx += stride
+            if idx >= n:
+                idx -= n
+            ref = id(peer)
+            if ref in seen or (skip_seeders and peer.complete):
                 continue
-            seen.add(id(peer))
-            chosen.append(peer)
-            if len(chosen) >= numwant:
+            seen_add(ref)
+            choose(peer)
+            want -= 1
+            if want <= 0:
                 return
 
     def sweep(self, now: float) -> int:

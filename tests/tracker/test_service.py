@@ -345,3 +345,39 @@ async def test_client_derived_info_hashes_join_a_served_object(signing_key_file:
     await svc.ws_message(s2, {"action": "announce", "info_hash": "N" * 20, "peer_id": "B" * 20})
     assert "scope" in inbox2[-1]["failure reason"]
     assert svc.index.lookup(b"N" * 20) is None
+
+
+async def test_compact_reply_is_the_canonical_bencoding(signing_key_file: Path) -> None:
+    """The hand-written compact reply equals the generic encoder's output, both families."""
+    from cache_node.tracker import bencode
+    from cache_node.tracker.swarms import AnnounceOutcome, Peer, Transport
+
+    svc, _, _ = service(signing_key_file)
+    v6 = ipaddress.ip_address("2001:db8::7").packed
+    peers = [
+        Peer(b"p" * 20 + bytes([10, 0, 0, 1]), 6881, Transport.HTTP, None, -1),
+        Peer(b"q" * 20 + v6, 51413, Transport.HTTP, None, -1),
+        Peer(b"r" * 20 + bytes([192, 0, 2, 9]), 1, Transport.HTTP, None, -1),
+    ]
+    outcome = AnnounceOutcome(complete=3, incomplete=12, peers=peers)
+    expected = bencode.encode(
+        {
+            "interval": 120,
+            "min interval": 30,
+            "complete": 3,
+            "incomplete": 12,
+            "tracker id": "node-0",
+            "peers": bytes([10, 0, 0, 1, 0x1A, 0xE1, 192, 0, 2, 9, 0, 1]),
+            "peers6": v6 + (51413).to_bytes(2, "big"),
+        }
+    )
+    assert svc.http_body(outcome, compact=True, no_peer_id=False) == expected
+    assert bencode.decode(svc.http_body(AnnounceOutcome(0, 0), compact=True, no_peer_id=True)) == {
+        b"complete": 0,
+        b"incomplete": 0,
+        b"interval": 120,
+        b"min interval": 30,
+        b"peers": b"",
+        b"peers6": b"",
+        b"tracker id": b"node-0",
+    }
