@@ -99,7 +99,7 @@ _peer_secrets: set[tuple[str, str, str]] = set()
 PEER_SECRET_BYTES = 32
 
 
-def ensure_peer_secret(api: ClusterApi, inputs: SiteInputs, *, recheck: bool = False) -> None:
+def ensure_peer_secret(api: ClusterApi, inputs: SiteInputs, *, recheck: bool = False) -> bool:
     """Create the site's generated peer Secret once (random, never logged, never replaced).
 
     Only ``create`` is used: an existing Secret of that name is kept as it is,
@@ -107,11 +107,12 @@ def ensure_peer_secret(api: ClusterApi, inputs: SiteInputs, *, recheck: bool = F
     operator needs no permission to read Secrets. Event-driven steps skip the
     request once the Secret is known to exist; ``recheck`` (the timer) asks
     again, so a Secret deleted by hand is back within one timer period.
+    Returns whether this call created it.
     """
     key = (inputs.namespace, inputs.name, str(inputs.site["metadata"].get("uid", "")))
     with _locks_guard:
         if key in _peer_secrets and not recheck:
-            return
+            return False
     value = secrets.token_urlsafe(PEER_SECRET_BYTES)  # 32 random bytes, base64url text
     created = api.create(render_generated_peer_secret(inputs, value))
     metrics.APPLIES.labels(kind="Secret", result="ok").inc()
@@ -119,6 +120,7 @@ def ensure_peer_secret(api: ClusterApi, inputs: SiteInputs, *, recheck: bool = F
         log.info("peer_secret_generated", namespace=inputs.namespace, site=inputs.name)
     with _locks_guard:
         _peer_secrets.add(key)
+    return created
 
 
 def forget_peer_secret(namespace: str, name: str) -> None:
@@ -134,6 +136,8 @@ class Outcome:
     found: bool
     transitions: list[Transition] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    """(reason, message) of Normal Events about things the step did, beyond transitions."""
     obj: Mapping[str, Any] | None = None
     """The object as read, so Events can name it even when kopf gave no body."""
 
@@ -284,11 +288,20 @@ def _reconcile_site(
     kinds: dict[str, int] = defaultdict(int)
     for child in children:
         kinds[child["kind"]] += 1
+    notices: list[tuple[str, str]] = []
     generated_secret = generates_peer_secret(inputs)
     if generated_secret:
         kinds["Secret"] += 1
         try:
-            ensure_peer_secret(api, inputs, recheck=poller is not None)
+            if ensure_peer_secret(api, inputs, recheck=poller is not None):
+                notices.append(
+                    (
+                        "PeerSecretGenerated",
+                        f"generated Secret {names.generated_peer_secret_name(name)} to "
+                        "authenticate traffic between the site's cache nodes "
+                        "(spec.peering.secretRef is unset)",
+                    )
+                )
         except KubeError as exc:
             metrics.APPLIES.labels(kind="Secret", result="error").inc()
             metrics.ERRORS.labels(kind="EdgeSite", reason=exc.reason or str(exc.status)).inc()
@@ -382,7 +395,7 @@ def _reconcile_site(
     api.patch_status(
         names.API_VERSION, "EdgeSite", namespace, name, _status_patch(old_status, status)
     )
-    return Outcome(found=True, transitions=transitions, errors=errors, obj=site)
+    return Outcome(found=True, transitions=transitions, errors=errors, notices=notices, obj=site)
 
 
 def reconcile_contentset(api: ClusterApi, namespace: str, name: str, now: datetime) -> Outcome:

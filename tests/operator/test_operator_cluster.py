@@ -522,7 +522,7 @@ def test_scale_subresource_rollout_checksum_and_generated_peer_secret(
             "json",
         ).stdout
     )["items"]
-    assert events
+    assert "PeerSecretGenerated" in {e["reason"] for e in events}
     for e in events:
         assert e["involvedObject"]["uid"] == obj["metadata"]["uid"]
         assert e["involvedObject"]["apiVersion"] == "edgefill.io/v1alpha1"

@@ -318,9 +318,13 @@ def test_the_generated_peer_secret_is_created_once_and_never_replaced(
     fake_cluster: Any, edge_example: Any
 ) -> None:
     cluster = fake_cluster([_site_without_peer_secret(edge_example)])
-    reconcile_site(cluster, "edge", "alpha-east", T0)
+    out = reconcile_site(cluster, "edge", "alpha-east", T0)
+    ((reason, message),) = out.notices  # a Normal Event on the EdgeSite
+    assert reason == "PeerSecretGenerated"
+    assert "alpha-east-peering" in message
     first = cluster.objects[("Secret", "edge", "alpha-east-peering")]["data"]
-    reconcile_site(cluster, "edge", "alpha-east", T0 + timedelta(seconds=5))
+    again = reconcile_site(cluster, "edge", "alpha-east", T0 + timedelta(seconds=5))
+    assert again.notices == []
     assert cluster.creates == [("Secret", "alpha-east-peering")]  # remembered: no request
     # The timer asks again (a deleted Secret comes back) but never replaces one that exists.
     reconcile_site(

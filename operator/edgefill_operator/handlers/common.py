@@ -66,6 +66,10 @@ def run_step(
         metrics.DURATION.labels(kind=kind).observe(time.monotonic() - started)
     result = "error" if outcome.errors else ("gone" if not outcome.found else "ok")
     metrics.RECONCILES.labels(kind=kind, trigger=trigger, result=result).inc()
+    target = body if body is not None else _event_target(outcome)
+    for reason, message in outcome.notices:
+        if target is not None:
+            kopf.event(target, type="Normal", reason=reason, message=message)
     for t in outcome.transitions:
         log.info(
             "condition_changed",
@@ -79,7 +83,6 @@ def run_step(
         )
         # An Event per flip, and for a condition's first appearance only when it is good
         # news (a freshly created site being not ready yet is no warning).
-        target = body if body is not None else _event_target(outcome)
         if target is not None and (t.old is not None or t.new == "True"):
             event_type = "Warning" if _is_bad(t.type, t.new) else "Normal"
             kopf.event(
