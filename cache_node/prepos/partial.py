@@ -2,13 +2,16 @@
 
 The store's own fill files live in ``tmp/`` and are wiped on start (a fill in
 progress is never trusted). For pre-positioning that would refetch every
-in-flight object from zero after each crash, so the fill stream is also
-recorded here, under ``<store>/prepos/partial/``:
+in-flight object from zero after each crash, so each fill is also kept here,
+under ``<store>/prepos/partial/``:
 
-* ``<sha256(key)>.part`` - the bytes received so far, at their offsets;
+* ``<sha256(key)>.part`` - a second name (a hard link) of the store writer's
+  temp file, so the bytes are written once, by the store, and outlive the
+  wipe of ``tmp/`` after a crash;
 * ``<sha256(key)>.journal`` - a JSON header line (key, size, ETag, piece
   size, validators) followed by the SHA-256 of each *complete* piece, one
-  hex digest per line, appended as each piece completes.
+  hex digest per line, appended as each piece completes. The digests are the
+  store writer's own piece hashes: nothing is hashed twice.
 
 Nothing is fsynced on the hot path: on resume every journaled piece is
 re-hashed against the ``.part`` file and only the prefix of pieces that
@@ -16,6 +19,10 @@ match is replayed (a piece lost in the page cache at a power cut simply
 fails its hash). So after a crash at most the piece in flight is fetched
 again, and the origin is asked for the rest with ``Range`` + ``If-Match``:
 if the object changed (412) the partial is dropped and fetched whole.
+
+Nothing here ever writes into a ``.part`` file: it may share its inode with
+a committed object (until the fill's partial is dropped), so it is only read,
+replaced by renaming a new link over it, or unlinked.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cache_node.store import ObjectInfo, key_digest
+from cache_node.store import ObjectInfo, Writer, key_digest
 
 
 @dataclass(frozen=True)
@@ -40,49 +48,46 @@ class Resume:
     data_path: Path
 
 
-class Recorder:
-    """Tees one fill's bytes to its ``.part`` file and journals finished pieces."""
+def _complete_pieces(writer: Writer) -> int:
+    """Pieces of ``writer`` whose bytes are all written (the short last one at the end)."""
+    if writer.written >= writer.info.size:
+        return -(-writer.info.size // writer.piece_size)
+    return writer.written // writer.piece_size
 
-    def __init__(
-        self, data_path: Path, journal_path: Path, piece_size: int, start: int, fresh: bool
-    ) -> None:
-        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
-        self._fd = os.open(data_path, flags, 0o640)
-        self._journal = os.open(journal_path, os.O_WRONLY | os.O_APPEND)
-        self.piece_size = piece_size
-        self.written = start
-        self._hash = hashlib.sha256()
-        self._fill = 0
-        self.closed = False
 
-    def write(self, chunk: bytes | memoryview) -> None:
-        view = memoryview(chunk)
-        os.pwrite(self._fd, view, self.written)
-        self.written += len(view)
-        lines: list[bytes] = []
-        while view:
-            take = min(len(view), self.piece_size - self._fill)
-            self._hash.update(view[:take])
-            self._fill += take
-            view = view[take:]
-            if self._fill == self.piece_size:
-                lines.append(self._hash.hexdigest().encode() + b"\n")
-                self._hash = hashlib.sha256()
-                self._fill = 0
-        if lines:
-            os.write(self._journal, b"".join(lines))
+class Journal:
+    """Journals the pieces one store writer completes (its ``.part`` is linked to it)."""
 
-    def finish(self, size: int) -> None:
-        """The body ended: journal the short last piece."""
-        if self._fill and self.written == size:
-            os.write(self._journal, self._hash.hexdigest().encode() + b"\n")
-            self._fill = 0
+    def __init__(self, path: Path, writer: Writer, pieces: int) -> None:
+        self.path = path
+        self.writer = writer
+        self.info = writer.info
+        self.pieces = pieces
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            os.close(self._fd)
-            os.close(self._journal)
+    def follows(self, writer: Writer) -> bool:
+        """Whether this journal still describes ``writer`` (not a new or reset one)."""
+        return (
+            writer is self.writer
+            and writer.info is self.info
+            and writer.written >= self.pieces * writer.piece_size
+        )
+
+    def sync(self) -> None:
+        """Append the digests of the pieces completed since the last call.
+
+        The journal is opened per append (once per piece, not per chunk), so no
+        descriptor outlives a fill that ends in another task's hands.
+        """
+        complete = _complete_pieces(self.writer)
+        if complete <= self.pieces:
+            return
+        hashes = self.writer.piece_hashes()[self.pieces : complete]
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"".join(h.encode() + b"\n" for h in hashes))
+        finally:
+            os.close(fd)
+        self.pieces = complete
 
 
 class Partials:
@@ -93,34 +98,27 @@ class Partials:
         digest = key_digest(key)
         return self.root / f"{digest}.part", self.root / f"{digest}.journal"
 
-    def begin(self, info: ObjectInfo, piece_size: int) -> Recorder:
-        """Start recording ``info``'s body from byte zero (replaces any older partial)."""
+    def track(self, writer: Writer) -> Journal:
+        """Keep ``writer``'s fill as the partial of its key (replaces any older partial).
+
+        Links the writer's temp file as the ``.part`` and writes a journal of the
+        pieces complete so far. Raises :class:`OSError` when the link cannot be
+        made (then the fill simply has no partial).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        data, journal = self._paths(info.key)
-        header = {"info": asdict(info), "pieceSize": piece_size}
-        tmp = journal.with_suffix(".journal.tmp")
-        tmp.write_bytes(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+        data, journal = self._paths(writer.info.key)
+        token = secrets.token_hex(6)
+        link = data.with_name(f"{data.name}.{token}.tmp")
+        os.link(writer.path, link)
+        link.replace(data)
+        pieces = _complete_pieces(writer)
+        header = {"info": asdict(writer.info), "pieceSize": writer.piece_size}
+        lines = [json.dumps(header, separators=(",", ":")).encode()]
+        lines += [h.encode() for h in writer.piece_hashes()[:pieces]]
+        tmp = journal.with_name(f"{journal.name}.{token}.tmp")
+        tmp.write_bytes(b"\n".join(lines) + b"\n")
         tmp.replace(journal)
-        return Recorder(data, journal, piece_size, 0, fresh=True)
-
-    def resume(self, resume: Resume) -> Recorder:
-        """Continue recording after the verified prefix (the journal is rewritten to match)."""
-        data, journal = self._paths(resume.info.key)
-        hashes = self._hashes(data, resume.piece_size, resume.verified_bytes)
-        header = {"info": asdict(resume.info), "pieceSize": resume.piece_size}
-        tmp = journal.with_suffix(".journal.tmp")
-        body = json.dumps(header, separators=(",", ":")) + "\n" + "".join(h + "\n" for h in hashes)
-        tmp.write_bytes(body.encode())
-        tmp.replace(journal)
-        return Recorder(data, journal, resume.piece_size, resume.verified_bytes, fresh=False)
-
-    @staticmethod
-    def _hashes(data: Path, piece_size: int, upto: int) -> list[str]:
-        out: list[str] = []
-        with open(data, "rb") as fh:  # noqa: PTH123
-            while fh.tell() < upto:
-                out.append(hashlib.sha256(fh.read(min(piece_size, upto - fh.tell()))).hexdigest())
-        return out
+        return Journal(journal, writer, pieces)
 
     def load(self, key: str) -> Resume | None:
         """The verified prefix held for ``key``, or ``None`` (a bad partial is dropped)."""
@@ -157,7 +155,16 @@ class Partials:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def keys(self) -> list[str]:
+    def sweep_temporaries(self) -> int:
+        """Remove link and journal temp files a crash left between two renames."""
+        removed = 0
+        if self.root.is_dir():
+            for path in self.root.glob("*.tmp"):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def held_keys(self) -> list[str]:
         """Keys with a partial on disk (read from the journal headers)."""
         out: list[str] = []
         if not self.root.is_dir():

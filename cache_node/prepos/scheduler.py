@@ -16,12 +16,15 @@ operator re-renders the ConfigMap - and:
    the next object, starts fills up to ``fill.concurrency``.
 
 A window that closes stops new fills; running ones finish (their bytes still
-go through the rate cap). Fills go through their own :class:`Loader` over the
-node's store, so commits, piece hashes and the ``Range`` + ``If-Match``
-resume are the miss path's own; the chain per key is the old owners (peer
-fill, see :mod:`.sources`) and then the origin. A client miss racing a
-pre-positioning fill of the same key may fetch it once more from the origin;
-whichever commits last stands, and the pin is applied to it.
+go through the rate cap). Fills go through the node's own :class:`Loader`, so
+commits, piece hashes and the ``Range`` + ``If-Match`` resume are the miss
+path's, and a client miss and a pre-positioning fill of the same key share
+one fetch (single-flight): whichever comes first starts it, the other joins
+it, and the origin is asked once. The chain of a fill started here is the
+old owners (peer fill, see :mod:`.sources`), then the origin, both metered
+(rate cap, budget, durable partial); the loader appends the node's own
+upstreams as the last resort. A client that joins a pre-positioning fill
+reads it cut-through at the fill's pace (the rate cap).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from aiohttp import web
 
 from cache_node.appkeys import NODE
 from cache_node.config import NodeConfig
-from cache_node.loader import Fill, FillFailedError, Loader, RetryPolicy
+from cache_node.loader import Fill, FillFailedError
 from cache_node.node import Node
 from cache_node.origin import S3Origin
 from cache_node.prepos import window as windows
@@ -51,9 +54,9 @@ from cache_node.prepos.catalogue import CatalogueError, Item, resolve
 from cache_node.prepos.metrics import PreposMetrics
 from cache_node.prepos.partial import Partials
 from cache_node.prepos.plan import Task, holders, ordered, owned
-from cache_node.prepos.sources import HolderPeer, Metered
+from cache_node.prepos.sources import HolderPeer, Metered, PartialTracker
 from cache_node.prepos.throttle import TokenBucket, WindowBudget
-from cache_node.store import Entry
+from cache_node.store import Entry, Writer
 from cache_node.upstream import Upstream, UpstreamError
 
 log = structlog.get_logger("cache_node.prepos")
@@ -61,6 +64,10 @@ log = structlog.get_logger("cache_node.prepos")
 Clock = Callable[[], datetime]
 FAILURE_BACKOFF_SECONDS = 30.0
 RESOLVE_BACKOFF_SECONDS = 30.0
+# The state document changes with every chunk (the window budget); it is saved at
+# most this often while filling, and at close. A crash forgets at most this much
+# of the budget's use.
+STATE_SAVE_SECONDS = 2.0
 
 
 def utc_now() -> datetime:
@@ -157,16 +164,6 @@ class Prepositioner:
         self.state = State.load(self._state_path)
         self.bucket = TokenBucket(cfg.fill.rate_limit_bytes_per_second)
         self.budget = WindowBudget(cfg.fill.budget_bytes_per_window, self.state.budget_used)
-        self.loader = Loader(
-            self.store,
-            [],
-            RetryPolicy(
-                max_attempts=cfg.origin.max_attempts,
-                total_deadline=cfg.origin.total_deadline_seconds,
-            ),
-            on_origin_request=node.metrics.origin_request,
-            on_fill_done=node.metrics.fill_done,
-        )
         self._origins: dict[str, S3Origin] = {}
         self._own_origins: list[S3Origin] = []
         self._origins_lock = asyncio.Lock()
@@ -183,6 +180,8 @@ class Prepositioner:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._state_dirty = False
+        self._state_saved = 0.0
+        self._swept = False
         self.progress: dict[str, Progress] = {}
         self.window_open = False
         self.window_id: str | None = None
@@ -209,7 +208,6 @@ class Prepositioner:
         for task in list(self._running.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.loader.close()
         for origin in self._own_origins:
             await origin.close()
         self._own_origins.clear()
@@ -251,6 +249,7 @@ class Prepositioner:
         tasks_changed = self._plan(cfg)
         if tasks_changed:
             await self._reconcile_pins()
+            await asyncio.to_thread(self._sweep_partials)
         self._update_progress()
         for task in self._unplaced:
             if task.key not in self._running:
@@ -259,10 +258,28 @@ class Prepositioner:
                 )
         self._unplaced.clear()
         self._dispatch(cfg)
-        if self._state_dirty:
-            self.state.budget_used = self.budget.used
-            await asyncio.to_thread(self.state.save, self._state_path)
+        mono = time.monotonic()
+        if self._state_dirty and mono - self._state_saved >= STATE_SAVE_SECONDS:
+            self.state.budget_used = dict(self.budget.used)
             self._state_dirty = False
+            self._state_saved = mono
+            await asyncio.to_thread(self.state.save, self._state_path)
+
+    def _sweep_partials(self) -> None:
+        """Drop partials nobody will resume: the key is stored, or no longer to be filled.
+
+        A partial may share its inode with a committed object (a crash between the
+        commit and the drop), which would keep its disk space after an eviction.
+        """
+        if not self._swept:
+            self.partials.sweep_temporaries()
+            self._swept = True
+        wanted = {task.key for task in self._tasks}
+        for key in self.partials.held_keys():
+            if key in self._running:
+                continue
+            if key not in wanted or self.store.peek(key) is not None:
+                self.partials.drop(key)
 
     async def _started_origin(self, bucket: str) -> S3Origin:
         """The S3 client for ``bucket``: the node's own for its origin bucket, else ours."""
@@ -451,14 +468,21 @@ class Prepositioner:
 
     # --- one fill ---------------------------------------------------------------------------
 
-    def _chain(self, task: Task, cfg: NodeConfig, origin: S3Origin) -> list[Upstream]:
+    def _chain(
+        self, task: Task, cfg: NodeConfig, origin: S3Origin, tracker: PartialTracker
+    ) -> list[Upstream]:
+        streamed = {source: self.metrics.streamed.labels(source) for source in ("peer", "origin")}
+
         def on_bytes(source: str, size: int) -> None:
             self.budget.charge(self._window_key, size)
             self._state_dirty = True
-            self.metrics.streamed.labels(source).inc(size)
+            counter = streamed.get(source)
+            if counter is None:
+                counter = streamed[source] = self.metrics.streamed.labels(source)
+            counter.inc(size)
 
         def meter(upstream: Upstream) -> Upstream:
-            return Metered(upstream, self.bucket, self.partials, task.piece_size, on_bytes)
+            return Metered(upstream, self.bucket, self.partials, tracker, on_bytes)
 
         chain: list[Upstream] = []
         peering = self.node.peering
@@ -476,15 +500,28 @@ class Prepositioner:
     async def _fill(self, task: Task, cfg: NodeConfig) -> None:
         source = "local"
         try:
+            loader = self.node.loader
+            if loader is None:
+                raise UpstreamError("the node's loader is not running")
             origin = await self._started_origin(task.bucket)
-            found = await self.loader.lookup(task.key, before=self._chain(task, cfg, origin))
+            started: list[Fill] = []
+
+            def writer() -> Writer | None:
+                return started[0].writer if started else None
+
+            tracker = PartialTracker(self.partials, writer)
+            found = await loader.lookup(task.key, before=self._chain(task, cfg, origin, tracker))
             if isinstance(found, Fill):
-                entry = await _wait(found)
+                # Set before the fill's task first runs: lookup does not yield after
+                # creating it. A fill a client miss started never uses this chain.
+                started.append(found)
+                # The stream ends when the last byte is written: free the fill slot
+                # then, so the next stream overlaps this one's commit (its fsyncs).
+                entry = await _wait(found, on_body=lambda: self._release(task))
                 source = found.source or "origin"
             else:
                 entry = found
-            # The bytes are in: free the fill slot before the placement's fsyncs.
-            self._release(task)
+            self._release(task)  # a hit or a joined fill: nothing streams any more
             if entry.size != task.item.size:
                 log.warning(
                     "prepos_size_mismatch",
@@ -552,14 +589,20 @@ class Prepositioner:
         }
 
 
-async def _wait(fill: Fill) -> Entry:
-    """Wait for a loader fill to finish; its committed entry or its error."""
+async def _wait(fill: Fill, on_body: Callable[[], None] | None = None) -> Entry:
+    """Wait for a loader fill to finish; its committed entry or its error.
+
+    ``on_body`` runs once, when the whole body is written (the commit follows).
+    """
     while not fill.done:
         try:
-            _, _, epoch = await fill.wait_info()
+            info, _, epoch = await fill.wait_info()
             written = 0
             while not fill.done:
                 written = await fill.wait_bytes(written, epoch)
+                if on_body is not None and written >= info.size and fill.info is info:
+                    on_body()
+                    on_body = None
         except FillFailedError:
             if fill.done or fill.error is not None:
                 break

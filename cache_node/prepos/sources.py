@@ -7,7 +7,10 @@ writes them:
 * takes them from the node's shared :class:`~.throttle.TokenBucket` (the
   rate cap covers every fill stream, peer and origin alike);
 * reports them (window budget, metrics);
-* tees them into the durable partial (:mod:`.partial`), so a restart resumes.
+* keeps the fill's durable partial (:mod:`.partial`) in step with the store
+  writer, so a restart resumes: the writer's temp file is linked as the
+  partial and the pieces it completed are journaled (the bytes are written
+  and hashed once, by the store).
 
 On the first open of a key that has a verified partial from an earlier run,
 :class:`Metered` replays the partial from disk and asks its source only for
@@ -32,12 +35,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import structlog
 
 from cache_node.peering import MEMBER, OBJECTS_PATH, PeerBody
-from cache_node.prepos.partial import Partials, Recorder, Resume
+from cache_node.prepos.partial import Journal, Partials, Resume
 from cache_node.prepos.throttle import TokenBucket
 from cache_node.ranges import parse_http_date
-from cache_node.store import ObjectInfo
+from cache_node.store import ObjectInfo, Writer
 from cache_node.upstream import (
     Body,
     ChangedError,
@@ -47,6 +51,8 @@ from cache_node.upstream import (
     Upstream,
     UpstreamError,
 )
+
+log = structlog.get_logger("cache_node.prepos")
 
 LOCAL_CHUNK = 256 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
@@ -80,6 +86,42 @@ class _LocalBody:
         return None
 
 
+class PartialTracker:
+    """The durable partial of one pre-positioning fill, shared by the sources of its chain.
+
+    ``writer`` returns the store writer of the fill (``None`` before the headers
+    arrived). :meth:`sync` runs after each chunk the loader wrote: the first call
+    links the writer's temp file as the partial, later ones journal completed
+    pieces; a new or reset writer (the object changed) is tracked afresh.
+    """
+
+    def __init__(self, partials: Partials, writer: Callable[[], Writer | None]) -> None:
+        self._partials = partials
+        self._writer = writer
+        self._journal: Journal | None = None
+        self._failed = False
+
+    def sync(self) -> None:
+        if self._failed:
+            return
+        writer = self._writer()
+        if writer is None or writer.info.size <= writer.piece_size:
+            return  # one piece or less: nothing to resume
+        journal = self._journal
+        if journal is None or not journal.follows(writer):
+            try:
+                journal = self._journal = self._partials.track(writer)
+            except OSError as exc:
+                self._failed = True  # no partial: a restart refetches this object whole
+                log.warning("prepos_partial_unavailable", key=writer.info.key, error=str(exc))
+                return
+        try:
+            journal.sync()
+        except OSError as exc:
+            self._failed = True
+            log.warning("prepos_partial_unavailable", key=writer.info.key, error=str(exc))
+
+
 class _MeteredBody:
     def __init__(
         self,
@@ -88,38 +130,35 @@ class _MeteredBody:
         bucket: TokenBucket,
         on_bytes: OnBytes,
         source: str,
-        recorder: Recorder | None,
-        size: int,
+        tracker: PartialTracker,
     ) -> None:
         self._inner = inner
         self._prefix = prefix
         self._bucket = bucket
         self._on_bytes = on_bytes
         self._source = source
-        self._recorder = recorder
-        self._size = size
+        self._tracker = tracker
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        # The loader writes each chunk before it asks for the next one, so when this
+        # generator resumes after a ``yield`` the writer holds every byte yielded so far.
         if self._prefix is not None:
             async for chunk in self._prefix.chunks():
                 yield chunk
-        if self._inner is not None:
-            async for chunk in self._inner.chunks():
-                await self._bucket.take(len(chunk))
-                self._on_bytes(self._source, len(chunk))
-                if self._recorder is not None:
-                    self._recorder.write(chunk)
-                yield chunk
-        if self._recorder is not None:
-            self._recorder.finish(self._size)
+        if self._inner is None:
+            return
+        tracker, bucket, on_bytes = self._tracker, self._bucket, self._on_bytes
+        tracker.sync()
+        async for chunk in self._inner.chunks():
+            size = len(chunk)
+            await bucket.take(size)
+            on_bytes(self._source, size)
+            yield chunk
+            tracker.sync()
 
     async def release(self) -> None:
-        try:
-            if self._inner is not None:
-                await self._inner.release()
-        finally:
-            if self._recorder is not None:
-                self._recorder.close()
+        if self._inner is not None:
+            await self._inner.release()
 
 
 @dataclass
@@ -129,7 +168,7 @@ class Metered:
     inner: Upstream
     bucket: TokenBucket
     partials: Partials
-    piece_size: int
+    tracker: PartialTracker
     on_bytes: OnBytes
 
     @property
@@ -140,9 +179,9 @@ class Metered:
     def source(self) -> Source:
         return self.inner.source
 
-    def _body(self, opened: Opened, recorder: Recorder | None, prefix: _LocalBody | None) -> Body:
+    def _body(self, opened: Opened, prefix: _LocalBody | None) -> Body:
         return _MeteredBody(
-            opened.body, prefix, self.bucket, self.on_bytes, self.source, recorder, opened.info.size
+            opened.body, prefix, self.bucket, self.on_bytes, self.source, self.tracker
         )
 
     async def open(self, key: str, start: int, if_match: str | None) -> Opened:
@@ -153,22 +192,15 @@ class Metered:
                 if opened is not None:
                     return opened
             opened = await self.inner.open(key, 0, None)
-            recorder = None
-            if opened.info.size > self.piece_size:  # one piece or less: nothing to resume
-                recorder = await asyncio.to_thread(
-                    self.partials.begin, opened.info, self.piece_size
-                )
-            return Opened(info=opened.info, start=0, body=self._body(opened, recorder, None))
-        # The loader resumes a body that broke off in this run: meter, do not record.
+            return Opened(info=opened.info, start=0, body=self._body(opened, None))
+        # The loader resumes a body that broke off in this run (same writer, same partial).
         opened = await self.inner.open(key, start, if_match)
-        return Opened(info=opened.info, start=start, body=self._body(opened, None, None))
+        return Opened(info=opened.info, start=start, body=self._body(opened, None))
 
     async def _resume(self, key: str, resume: Resume) -> Opened | None:
         prefix = _LocalBody(resume.data_path, resume.verified_bytes)
         if resume.verified_bytes >= resume.info.size:
-            body = _MeteredBody(
-                None, prefix, self.bucket, self.on_bytes, self.source, None, resume.info.size
-            )
+            body = _MeteredBody(None, prefix, self.bucket, self.on_bytes, self.source, self.tracker)
             return Opened(info=resume.info, start=0, body=body)
         try:
             opened = await self.inner.open(key, resume.verified_bytes, resume.info.etag)
@@ -179,8 +211,7 @@ class Metered:
             await opened.body.release()
             self.partials.drop(key)
             return None
-        recorder = await asyncio.to_thread(self.partials.resume, resume)
-        return Opened(info=resume.info, start=0, body=self._body(opened, recorder, prefix))
+        return Opened(info=resume.info, start=0, body=self._body(opened, prefix))
 
 
 @dataclass

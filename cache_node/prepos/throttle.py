@@ -86,7 +86,11 @@ class WindowBudget:
         return left is None or size <= left
 
     def charge(self, window_id: str, size: int) -> None:
-        self.used[window_id] = self.used.get(window_id, 0) + size
-        # Only the current occurrence matters; keep the document small.
+        used = self.used.get(window_id)
+        if used is not None:
+            self.used[window_id] = used + size
+            return
+        self.used[window_id] = size
+        # A new occurrence: only the current one matters; keep the document small.
         for old in sorted(self.used)[:-2]:
             del self.used[old]

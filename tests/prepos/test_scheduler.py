@@ -26,7 +26,7 @@ from cache_node.node import Node
 from cache_node.ops import status_document
 from cache_node.prepos.partial import Partials
 from cache_node.prepos.scheduler import Prepositioner
-from cache_node.store import ObjectInfo
+from cache_node.store import ObjectInfo, Store
 from edgefill_devenv.catalogue import object_bytes
 from edgefill_devenv.origin_proxy import OriginProxy
 from edgefill_devenv.s3 import S3Server
@@ -261,9 +261,13 @@ async def test_partial_from_an_earlier_run_resumes_or_refetches_whole(
     info = ObjectInfo(
         key=key, size=size, etag='"stale"' if changed else etag, last_modified=time.time()
     )
-    recorder = partials.begin(info, PIECE)
-    recorder.write(body[: 2 * PIECE + 5000])
-    recorder.close()
+    earlier = Store(store, 64 * 1024 * KiB, PIECE)
+    earlier.recover(30.0)
+    writer = earlier.begin(info)
+    journal = partials.track(writer)
+    writer.write(body[: 2 * PIECE + 5000])
+    journal.sync()
+    writer.close_fd()  # killed here: the next start wipes the store's tmp/, not the partial
     async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
         cfg = _config(store, proxy.endpoint_url, bucket, {"allowOutsideWindow": True})
         async with running_node(cfg) as (node, _):
@@ -288,7 +292,7 @@ async def test_partial_from_an_earlier_run_resumes_or_refetches_whole(
             assert proxy.object_gets(key) == 1
             assert proxy.range_gets[key] == 1
             assert proxy.body_bytes[key] == size - 2 * PIECE
-    assert partials.keys() == []
+    assert partials.held_keys() == []
 
 
 async def test_rate_cap_holds_across_concurrent_streams(

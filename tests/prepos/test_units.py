@@ -13,7 +13,7 @@ from cache_node.prepos.partial import Partials
 from cache_node.prepos.plan import Task, holders, ordered, owned, owns
 from cache_node.prepos.throttle import TokenBucket, WindowBudget
 from cache_node.ring import owners
-from cache_node.store import ObjectInfo
+from cache_node.store import ObjectInfo, Store, Writer
 from edgefill_devenv.catalogue import generate, manifest
 
 # --- manifests -------------------------------------------------------------------------------
@@ -185,40 +185,77 @@ def _info(key: str, data: bytes, etag: str = '"e1"') -> ObjectInfo:
     return ObjectInfo(key=key, size=len(data), etag=etag, last_modified=0.0)
 
 
+def _writer(tmp_path: Path, info: ObjectInfo, piece: int) -> Writer:
+    """A real store writer (a fill in progress) in a recovered store under ``tmp_path``."""
+    store = Store(tmp_path / "store", 1024 * 1024, piece)
+    store.recover(30.0)
+    return store.begin(info, piece)
+
+
+def _part(tmp_path: Path, key: str) -> Path:
+    return (
+        tmp_path
+        / "store"
+        / "prepos"
+        / "partial"
+        / (hashlib.sha256(key.encode()).hexdigest() + ".part")
+    )
+
+
 def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -> None:
-    partials = Partials(tmp_path / "partial")
+    partials = Partials(tmp_path / "store" / "prepos" / "partial")
     data = bytes(range(256)) * 40  # 10240 bytes, pieces of 1024
-    rec = partials.begin(_info("a/b", data), 1024)
-    rec.write(data[:3000])  # pieces 0 and 1 complete, piece 2 in flight
-    rec.close()
+    writer = _writer(tmp_path, _info("a/b", data), 1024)
+    journal = partials.track(writer)
+    writer.write(data[:3000])  # pieces 0 and 1 complete, piece 2 in flight
+    journal.sync()
+    # The partial is the writer's own file under a second name: written once.
+    assert _part(tmp_path, "a/b").stat().st_ino == writer.path.stat().st_ino
+    writer.abort()  # a crash: the store drops its temp name, the partial keeps the bytes
     resume = partials.load("a/b")
     assert resume is not None
     assert resume.verified_bytes == 2048
     assert resume.info.etag == '"e1"'
-    # Continue, finish, and the whole object verifies.
-    rec = partials.resume(resume)
-    rec.write(data[2048:])
-    rec.finish(len(data))
-    rec.close()
+    assert resume.data_path.read_bytes()[:2048] == data[:2048]
+    # A new run replays the prefix into a new writer, tracks it, and finishes.
+    again = _writer(tmp_path / "run2", _info("a/b", data), 1024)
+    again.write(resume.data_path.read_bytes()[:2048])
+    journal = partials.track(again)
+    assert journal.pieces == 2
+    again.write(data[2048:])
+    journal.sync()
     done = partials.load("a/b")
     assert done is not None
-    assert done.verified_bytes == len(data)
-    assert partials.keys() == ["a/b"]
+    assert done.verified_bytes == len(data)  # the short last piece is journaled too
+    assert done.data_path.read_bytes() == data
+    assert partials.held_keys() == ["a/b"]
     partials.drop("a/b")
     assert partials.load("a/b") is None
-    assert partials.keys() == []
+    assert partials.held_keys() == []
+
+
+def test_a_reset_writer_is_not_followed_by_its_old_journal(tmp_path: Path) -> None:
+    partials = Partials(tmp_path / "partial")
+    data = b"y" * 4096
+    writer = _writer(tmp_path, _info("k", data), 1024)
+    writer.write(data[:2048])
+    journal = partials.track(writer)
+    assert journal.follows(writer)
+    writer.reset(_info("k", data, etag='"e2"'))  # the object changed mid-fill
+    assert not journal.follows(writer)
 
 
 def test_partial_with_a_corrupt_piece_keeps_only_the_prefix_before_it(tmp_path: Path) -> None:
-    partials = Partials(tmp_path / "partial")
+    partials = Partials(tmp_path / "store" / "prepos" / "partial")
     data = b"x" * 4096
-    rec = partials.begin(_info("k", data), 1024)
-    rec.write(data)
-    rec.finish(len(data))
-    rec.close()
-    part = tmp_path / "partial" / (hashlib.sha256(b"k").hexdigest() + ".part")
+    writer = _writer(tmp_path, _info("k", data), 1024)
+    journal = partials.track(writer)
+    writer.write(data)
+    journal.sync()
+    writer.abort()
+    part = _part(tmp_path, "k")
     raw = bytearray(part.read_bytes())
-    raw[1500] ^= 0xFF  # damage piece 1
+    raw[1500] ^= 0xFF  # damage piece 1 (a page lost at a power cut)
     part.write_bytes(bytes(raw))
     resume = partials.load("k")
     assert resume is not None
