@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import jsonschema
+import yaml
 
 from edgefill_operator.conditions import find
 from edgefill_operator.kube import KubeError
@@ -16,6 +21,7 @@ from edgefill_operator.report import NodeReport, parse_report
 
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 EXPECTED_CHILDREN = 9
+CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
 class CountingPoller:
@@ -396,3 +402,86 @@ def test_a_failed_secret_create_is_reported_not_raised(
     ready = find(_status(cluster, "EdgeSite", "alpha-east")["conditions"], "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+
+
+# --- what the operator writes fits the CRDs' status schemas ---------------------------------
+
+
+def _status_schema(kind: str) -> dict[str, Any]:
+    path = CRDS / f"{kind.lower()}s.edgefill.io.yaml"
+    (version,) = yaml.safe_load(path.read_text())["spec"]["versions"]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    return schema
+
+
+def _unknown_fields(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Fields the API server would prune silently (structural schemas drop unknown keys)."""
+    out: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for key, child in value.items():
+            if key not in props:
+                out.append(f"{path}.{key}")
+            else:
+                out += _unknown_fields(child, props[key], f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _unknown_fields(item, schema.get("items") or {}, f"{path}[{i}]")
+    return out
+
+
+def test_every_status_written_fits_the_crd_schema(fake_cluster: Any, edge_example: Any) -> None:
+    cluster = _cluster(fake_cluster, edge_example)
+    for i in range(2):
+        cluster.put(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"beta-west-cache-{i}",
+                    "namespace": "edge",
+                    "labels": {
+                        "app.kubernetes.io/name": "edgefill-cache-node",
+                        "edgefill.io/site": "beta-west",
+                    },
+                },
+                "status": {"podIP": f"127.0.50.{i + 1}"},
+            }
+        )
+    entry = {"objectsStored": 1, "bytesStored": 10, "objectsTotal": 1, "bytesTotal": 10}
+    report = {
+        "fillPlan": [
+            {"name": "edge/popular-titles", **entry},
+            {"name": "edge/series-launch", **entry},
+        ],
+        "store": {"bytes": 20, "objects": 2},
+        "requests": {"hit": 3, "peer": 1, "parent": 1, "origin": 1, "error": 1},
+    }
+    poller = CountingPoller({f"beta-west-cache-{i}": report for i in range(2)})
+    reconcile_site(cluster, "edge", "alpha-east", T0)
+    reconcile_site(cluster, "edge", "beta-west", T0, poller=poller)
+    _set_sts_ready(cluster, "beta-west", 2)
+    reconcile_site(cluster, "edge", "beta-west", T0 + timedelta(seconds=15), poller=poller)
+    for cs in ("popular-titles", "series-launch"):
+        reconcile_contentset(cluster, "edge", cs, T0)
+    written = [
+        (kind, _status(cluster, kind, name))
+        for kind, name in (
+            ("EdgeSite", "alpha-east"),
+            ("EdgeSite", "beta-west"),
+            ("ContentSet", "popular-titles"),
+            ("ContentSet", "series-launch"),
+        )
+    ]
+    beta = written[1][1]
+    assert beta["fill"]["percent"] == "100%"  # the reported branch was exercised
+    assert "traffic" in beta
+    for kind, status in written:
+        schema = _status_schema(kind)
+        jsonschema.validate(status, schema)
+        assert _unknown_fields(status, schema, "status") == []
+        for c in status["conditions"]:
+            assert re.fullmatch(
+                schema["properties"]["conditions"]["items"]["properties"]["reason"]["pattern"],
+                c["reason"],
+            )
