@@ -377,3 +377,51 @@ async def test_pinned_content_survives_dynamic_misses_and_a_miss_first_gets_pinn
                 assert all(store.peek(key) is not None for key in SIZES)
             finally:
                 await prepos.close()
+
+
+@pytest.mark.parametrize("first", ["prefill", "client"])
+async def test_a_client_miss_racing_a_prefill_of_the_same_key_costs_one_origin_get(
+    origin: tuple[OriginProxy, str], tmp_path: Path, first: str
+) -> None:
+    """Pre-positioning and client misses share the node's loader: one fetch per key."""
+    proxy, bucket = origin
+    key = "set/obj-05.bin"
+    proxy.stall(key, 1.0)  # the first GET holds its body back: the second one meets it
+    fill = {"allowOutsideWindow": True, "concurrency": len(SIZES)}  # one step starts every key
+    cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, fill)
+    async with running_node(cfg) as (node, client), aiohttp.ClientSession() as session:
+        prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
+
+        async def client_get() -> bytes:
+            async with session.get(f"{client}/{key}") as resp:
+                assert resp.status == 200
+                return await resp.read()
+
+        async def origin_asked() -> None:
+            for _ in range(500):
+                if proxy.object_gets(key):
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{key} never reached the origin")
+
+        try:
+            if first == "prefill":
+                await prepos.step()
+                await origin_asked()
+                body = await client_get()
+            else:
+                request = asyncio.create_task(client_get())
+                await origin_asked()
+                await prepos.step()
+                body = await request
+            await settle(prepos)
+            assert body == object_bytes(key, SIZES[key])
+            assert proxy.object_gets(key) == 1
+            assert _object_gets(proxy) == len(SIZES)
+            assert node.store is not None
+            entry = node.store.peek(key)
+            assert entry is not None
+            assert entry.meta.pinned
+            assert entry.meta.content_set == SET
+        finally:
+            await prepos.close()
