@@ -194,6 +194,21 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "cannot be its own parent",
     ),
     ("same-ports", _site(_set("ports", {"client": 9090})), "three different ports"),
+    (
+        "parent-twice",
+        _site(_set("peering.parents", [{"name": "core"}, {"name": "core"}])),
+        "peering.parents names the same EdgeSite more than once",
+    ),
+    (
+        "sibling-twice",
+        _site(
+            _set(
+                "peering.siblings",
+                [{"name": "b", "namespace": "x"}, {"name": "b", "namespace": "x"}],
+            )
+        ),
+        "peering.siblings names the same EdgeSite more than once",
+    ),
     ("eviction-enum", _site(_set("cache.evictionPolicy", "fifo")), "Unsupported value"),
     (
         "toleration-exists-value",
@@ -307,8 +322,17 @@ def test_examples_are_accepted(crds: Any, corpus_namespace: str, doc: Any) -> No
         _site(_both(_set("storage.size", 21474836480), _set("cache.size", 10737418240))),
         _site(_both(_set("storage.size", "20G"), _set("cache.size", "1.5e10"))),
         _site(_set("cache.memoryTier", 0)),
+        _site(_set("peering.siblings", [{"name": "b"}, {"name": "b", "namespace": "other"}])),
     ],
-    ids=["ordinal", "pod-and-namespace", "one-replica-one-url", "int-bytes", "decimal", "tier-0"],
+    ids=[
+        "ordinal",
+        "pod-and-namespace",
+        "one-replica-one-url",
+        "int-bytes",
+        "decimal",
+        "tier-0",
+        "same-name-other-namespace",
+    ],
 )
 def test_valid_variants_are_accepted(crds: Any, corpus_namespace: str, doc: Any) -> None:
     out = _dry_run(crds, corpus_namespace, doc)
