@@ -3,12 +3,13 @@
 Scaled version of issue 5's acceptance (full scale: ``bench/prepos/acceptance.py``):
 real cache-node processes on 127.0.20.x, the S3 test server behind a counting
 proxy as the origin, 500 small objects in two ContentSets (a manifest with
-``copies: 2`` and a prefix listing with ``copies: 1``). Checked: every key lands on exactly ``copies`` nodes (the
-rendezvous owners), pinned to its ContentSet; each object is fetched from the
-origin exactly once per copy; every node's /status reaches 100% as the
-operator reads it. After the join: only the keys whose owners changed move,
-the new member takes them from the old owners (0 origin fetches), and the
-old owners keep them as evictable (unpinned), not deleted.
+``copies: 2`` and a prefix listing with ``copies: 1``). Checked: every key
+lands on exactly ``copies`` nodes (the rendezvous owners), pinned to its
+ContentSet; each object is fetched from the origin exactly once per copy;
+every node's /status reaches 100% as the operator reads it. After the join:
+only the keys whose owners changed move (a quarter of the copies, +-5
+points), the new member takes them from the old owners (0 origin fetches),
+and the old owners keep them as evictable (unpinned), not deleted.
 """
 
 from __future__ import annotations
