@@ -5,8 +5,10 @@
 Both servers run on loopback on the same machine, one process each (the npm
 server is single-threaded too), and the same wrk load (1 thread, N keep-alive
 connections, announces from 1,000 rotating peers of one swarm, compact replies
-with 50 peers) hits each in turn. The ratio is what to quote; absolute numbers
-drift between machines. Needs wrk, node, and ``npm ci --ignore-scripts`` in
+with 50 peers) hits each in turn, the first server alternating between rounds.
+Before timing, one announce to each checks that both hand out 50 peers per
+reply (the same work). The ratio of the medians is what to quote; absolute
+numbers drift between machines. Needs wrk, node, and ``npm ci --ignore-scripts`` in
 tests/tracker/js. Not run in CI.
 """
 
@@ -22,6 +24,8 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from cache_node.tracker import bencode
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -69,16 +73,25 @@ def wrk(port: int, info_hash: str, extra: str, seconds: int, connections: int) -
     return float(match.group(1))
 
 
-def check_reply(port: int, info_hash: str, extra: str) -> None:
-    """One announce by hand: both servers must answer with a bencoded peer list."""
+def check_reply(port: int, info_hash: str, extra: str) -> int:
+    """One announce by hand, as the load sends them; returns how many peers came back.
+
+    Both servers must answer with a bencoded compact peer list; after the warm-up
+    both must hand out the same number of peers (numwant=50), or they would not
+    be doing the same work.
+    """
     url = (
         f"http://127.0.0.1:{port}/announce?info_hash={info_hash}&peer_id=-CHK001-000000000000"
-        f"&port=7000&uploaded=0&downloaded=0&left=1&compact=1{extra}"
+        f"&port=7000&uploaded=0&downloaded=0&left=1&compact=1&numwant=50{extra}"
     )
     with urllib.request.urlopen(url) as resp:
         body = resp.read()
-    if not body.startswith(b"d") or b"5:peers" not in body:
+    reply = bencode.decode(body)
+    if not isinstance(reply, dict) or not isinstance(reply.get(b"peers"), bytes):
         raise RuntimeError(f"unexpected reply from port {port}: {body[:200]!r}")
+    peers = reply[b"peers"]
+    assert isinstance(peers, bytes)
+    return len(peers) // 6
 
 
 def main() -> int:
@@ -112,6 +125,12 @@ def main() -> int:
         # Warm up both, then alternate so drifting machine load hits both alike.
         wrk(ours_port, info_hash, extra_ours, 2, args.connections)
         wrk(theirs_port, info_hash, "", 2, args.connections)
+        given = (
+            check_reply(ours_port, info_hash, extra_ours),
+            check_reply(theirs_port, info_hash, ""),
+        )
+        if given != (50, 50):
+            raise RuntimeError(f"peers per reply differ (edgefill, bittorrent-tracker): {given}")
         runs: dict[str, list[float]] = {"edgefill": [], "bittorrent-tracker": []}
         targets = {
             "edgefill": (ours_port, extra_ours),
