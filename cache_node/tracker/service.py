@@ -702,7 +702,7 @@ class TrackerService:
                 if admit:
                     answer = message.get("answer") is not None
                     self.admit(session.addr, ANSWER_COST if answer else 1.0)
-                if route and await self._ws_forward(session, message):
+                if route and self.links.enabled() and await self._ws_forward(session, message):
                     return
                 await self._ws_announce(session, message)
             elif action == "scrape":

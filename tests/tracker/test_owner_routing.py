@@ -211,6 +211,19 @@ async def test_npm_clients_on_different_members_find_each_other(site: Any) -> No
     await wait_for(lambda: members[owner].service.registry.get(ih) is None)
 
 
+async def test_npm_clients_meet_on_the_next_member_when_the_owner_is_down(site: Any) -> None:
+    owner, first, second = RANKED
+    members = await site(holders=set(NAMES))
+    await members[owner].stop()
+    ih = await the_info_hash()
+    query = urllib.parse.urlencode({"object": KEY})
+    urls = ",".join(f"{members[n].ws}/announce?{query}" for n in (first, second))
+    code, lines = await run_clients(urls, ih.hex(), 2)
+    assert code == 0, lines
+    assert lines[-1]["result"] == "ok"
+    assert any(line.get("update", {}).get("incomplete") == 2 for line in lines), lines
+
+
 async def test_owner_loss_the_next_member_takes_over(site: Any) -> None:
     owner, fallback, third = RANKED
     members = await site(holders=set(NAMES))
