@@ -20,7 +20,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import structlog
@@ -68,8 +70,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "asyncio", "uvloop"),
         default=os.environ.get("EDGEFILL_EVENT_LOOP", "auto"),
         help=(
-            "event loop (env EDGEFILL_EVENT_LOOP). auto = asyncio, whose loop.sendfile is "
-            "zero-copy; uvloop has no sendfile and copies large bodies through Python"
+            "event loop (env EDGEFILL_EVENT_LOOP). auto = uvloop when installed (the "
+            "'fast' extra), else asyncio; both send large objects with zero-copy sendfile"
         ),
     )
     parser.add_argument(
@@ -106,6 +108,7 @@ async def serve(apps: Apps, stop: asyncio.Event) -> None:
     cfg = apps.node.config
     host = cfg.listen.host
     runners: list[web.AppRunner] = []
+    apps.node.listening = False  # /readyz waits for every port, not only for recovery
     try:
         for app, port in (
             (apps.metrics, cfg.listen.metrics_port),
@@ -121,6 +124,7 @@ async def serve(apps: Apps, stop: asyncio.Event) -> None:
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_address=True, backlog=1024).start()
+        apps.node.listening = True
         structlog.get_logger("cache_node").info(
             "node_listening",
             host=host,
@@ -176,15 +180,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     logs.configure(args.node_name, f"{config.site.namespace}/{config.site.name}", args.log_level)
-    if args.event_loop == "uvloop":
-        import uvloop
-
-        uvloop.run(_amain(config, args.node_name, args.config, public_url(config, args.public_url)))
-    else:
-        asyncio.run(
-            _amain(config, args.node_name, args.config, public_url(config, args.public_url))
-        )
+    run = _runner(args.event_loop)
+    run(_amain(config, args.node_name, args.config, public_url(config, args.public_url)))
     return 0
+
+
+def _runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """``asyncio.run`` or ``uvloop.run``: uvloop for ``auto`` when it is installed."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.run
+    return asyncio.run
 
 
 if __name__ == "__main__":

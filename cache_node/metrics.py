@@ -5,6 +5,12 @@ in one test process and nothing registers twice. Names follow Prometheus
 conventions: ``edgefill_`` prefix, ``_total`` for counters, base units
 (bytes, seconds). Store gauges are computed at scrape time from the store, so
 they can never drift from it.
+
+The serving path's counters (requests by result, bytes by source) are plain
+integers in :class:`Traffic`, exposed by a collector at scrape time: the hit
+path bumps them for every request, and a ``prometheus_client`` child costs a
+lock and two calls per increment there. They are only touched from the event
+loop's thread.
 """
 
 from __future__ import annotations
@@ -18,6 +24,33 @@ from prometheus_client.registry import Collector
 from cache_node.store import Store
 
 RESULTS = ("hit", "peer", "parent", "origin", "error")
+SOURCES = ("hit", "peer", "parent", "origin")
+
+
+class Traffic(Collector):
+    """``edgefill_requests_total{result}`` and ``edgefill_served_bytes_total{source}``."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        self.bytes: dict[str, int] = dict.fromkeys(SOURCES, 0)
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "edgefill_requests",
+            "Client requests by result: hit, peer, parent, origin (miss class) or error.",
+            labels=["result"],
+        )
+        for result, count in self.requests.items():
+            requests.add_metric([result], count)
+        yield requests
+        served = CounterMetricFamily(
+            "edgefill_served_bytes",
+            "Body bytes sent to clients, by where the object came from.",
+            labels=["source"],
+        )
+        for source, count in self.bytes.items():
+            served.add_metric([source], count)
+        yield served
 
 
 class _StoreCollector(Collector):
@@ -74,22 +107,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "edgefill_requests",
-            "Client requests by result: hit, peer, parent, origin (miss class) or error.",
-            ["result"],
-            registry=r,
-        )
+        self.traffic = Traffic()
+        r.register(self.traffic)
         self.rejected = Counter(
             "edgefill_requests_rejected",
             "Client requests refused before any cache lookup, by reason.",
             ["reason"],
-            registry=r,
-        )
-        self.served_bytes = Counter(
-            "edgefill_served_bytes",
-            "Body bytes sent to clients, by where the object came from.",
-            ["source"],
             registry=r,
         )
         self.origin_requests = Counter(
@@ -131,11 +154,6 @@ class Metrics:
             "within serving.notFoundTtlSeconds), without asking the origin again.",
             registry=r,
         )
-        for result in RESULTS:
-            self.requests.labels(result)
-        # The hit path's children, resolved once (labels() costs a lock and a dict lookup).
-        self.hit_requests = self.requests.labels("hit")
-        self.hit_bytes = self.served_bytes.labels("hit")
 
     def watch_store(self, store: Store, fills_in_progress: Callable[[], int]) -> None:
         self.registry.register(_StoreCollector(store, fills_in_progress))

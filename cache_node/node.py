@@ -107,6 +107,9 @@ class Node:
     peering: Peering | None = None
     digest: CachedDigest = field(default_factory=CachedDigest)
     ready: bool = False
+    # False while the process is still opening its client and peer listeners (set by
+    # ``cache_node.__main__.serve``): /readyz must not send traffic to a closed port.
+    listening: bool = True
     recovery_error: str | None = None
     started_at: float = field(default_factory=time.time)
     # Set by pre-positioning (cache_node.prepos): per-ContentSet progress for /status.

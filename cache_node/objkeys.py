@@ -24,10 +24,15 @@ token travels in the query, so it must never reach the cache key.
 
 from __future__ import annotations
 
+import re
+
 MAX_KEY_BYTES = 1024
 MAX_RAW_PATH = 4 * MAX_KEY_BYTES
 
 _HEX = frozenset("0123456789abcdefABCDEF")
+# A path that needs no decoding and no checks beyond this: one or more non-empty
+# segments of printable ASCII without "%", "\\", "?" or "#" (the hit path's common case).
+_PLAIN = re.compile(r"(?:/[!$&'()*+,\-.0-9:;=@A-Z_a-z~]+)+")
 
 
 class KeyRejectedError(Exception):
@@ -65,7 +70,13 @@ def normalise(raw_path: str) -> str:
 
     Raises :class:`KeyRejectedError` with status 400 or 414 and a reason a person can act on.
     """
-    path = raw_path.split("?", 1)[0].split("#", 1)[0]
+    path = raw_path.partition("?")[0].partition("#")[0]
+    if len(path) <= MAX_KEY_BYTES and "/." not in path and _PLAIN.fullmatch(path):
+        return path[1:]  # what the general path below returns for it, without the work
+    return _normalise(path)
+
+
+def _normalise(path: str) -> str:
     if len(path) > MAX_RAW_PATH:
         raise KeyRejectedError(414, f"the path is longer than {MAX_RAW_PATH} characters")
     if "\\" in path:

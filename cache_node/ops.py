@@ -46,7 +46,7 @@ def status_document(node: Node) -> dict[str, Any]:
     return {
         "node": node.name,
         "site": node.site,
-        "ready": node.ready,
+        "ready": node.ready and node.listening,
         "recoveryError": node.recovery_error,
         "uptimeSeconds": int(time.time() - node.started_at),
         "store": {
@@ -88,12 +88,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    if node.ready:
+    if node.ready and node.listening:
         return web.json_response({"ready": True})
-    return web.json_response(
-        {"ready": False, "reason": node.recovery_error or "store recovery in progress"},
-        status=503,
-    )
+    if node.recovery_error:
+        reason = node.recovery_error
+    elif not node.ready:
+        reason = "store recovery in progress"
+    else:
+        reason = "client and peer ports are not listening yet"
+    return web.json_response({"ready": False, "reason": reason}, status=503)
 
 
 async def status(request: web.Request) -> web.Response:

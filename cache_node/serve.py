@@ -35,13 +35,14 @@ from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 
 from cache_node.appkeys import NODE
 from cache_node.loader import Fill, FillFailedError
 from cache_node.node import Node
 from cache_node.objkeys import KeyRejectedError, normalise
 from cache_node.peering import Hop
-from cache_node.ranges import Plan, Span, Validators, format_http_date, plan
+from cache_node.ranges import Plan, Validators, format_http_date, plan
 from cache_node.store import Entry, ObjectInfo, Writer
 from cache_node.tokens import TokenRejectedError, verify
 from cache_node.upstream import Upstream
@@ -75,9 +76,13 @@ def object_headers(
 
 
 class _EntryForm:
-    """What a committed entry's answers share, formatted once (kept in ``Entry.derived``)."""
+    """What a committed entry's answers share, formatted once (kept in ``Entry.derived``).
 
-    __slots__ = ("body_headers", "cache_control", "full", "headers", "validators")
+    ``full_headers`` is the header block of the plain 200 (all but ``Age``) as a
+    ``CIMultiDict``, which aiohttp copies in C instead of rebuilding it per request.
+    """
+
+    __slots__ = ("body_headers", "cache_control", "full_headers", "headers", "validators")
 
     def __init__(self, entry: Entry, default_cc: str) -> None:
         info = entry.meta.info
@@ -87,8 +92,9 @@ class _EntryForm:
         headers["X-EdgeFill-Result"] = "hit"
         self.headers = headers  # 304/412/416: no representation metadata (§15.4.5)
         self.body_headers = {**headers, "Content-Type": info.content_type}
+        self.full_headers: CIMultiDict[str] = CIMultiDict(self.body_headers)
+        self.full_headers["Content-Length"] = str(info.size)
         self.validators = validators(info)
-        self.full = Plan(200, Span(0, info.size), {"Content-Length": str(info.size)})
 
 
 def _entry_form(entry: Entry, default_cc: str) -> _EntryForm:
@@ -191,50 +197,70 @@ async def serve_key(
 
 
 async def _serve_entry(request: web.Request, node: Node, entry: Entry) -> web.StreamResponse:
-    info = entry.meta.info
     form = _entry_form(entry, node.config.serving.cache_control)
-    node.metrics.hit_requests.inc()
+    traffic = node.metrics.traffic
+    traffic.requests["hit"] += 1
+    age = str(max(0, int(time.time() - entry.meta.stored_at)))
     req_headers = request.headers
-    p = form.full
     for name in _PLAN_HEADERS:
         if name in req_headers:
-            p = plan(request.method, req_headers, form.validators)
             break
-    age = str(max(0, int(time.time() - entry.meta.stored_at)))
+    else:  # the common case: the whole object, headers formatted long ago
+        return await _send_entry(request, node, entry, 200, 0, entry.size, form.full_headers, age)
+    p = plan(request.method, req_headers, form.validators)
     if p.span is None:
         return _respond_without_body(p, {**form.headers, "Age": age})
-    headers = {**form.body_headers, **p.headers, "Age": age}
+    headers: CIMultiDict[str] = CIMultiDict(form.body_headers)
+    headers.update(p.headers)
+    span = p.span
+    return await _send_entry(request, node, entry, p.status, span.start, span.length, headers, age)
+
+
+async def _send_entry(
+    request: web.Request,
+    node: Node,
+    entry: Entry,
+    status: int,
+    start: int,
+    length: int,
+    headers: CIMultiDict[str],
+    age: str,
+) -> web.StreamResponse:
+    """Send ``length`` bytes from ``start`` of a committed object (HEAD: the headers only)."""
     if request.method == "HEAD":
-        return web.Response(status=p.status, headers=headers)
+        resp = web.Response(status=status, headers=headers)
+        resp.headers["Age"] = age
+        return resp
     memory = node.memory
     if memory is not None and memory.eligible(entry):
         data = memory.get(entry)
         if data is None:
             data = await asyncio.to_thread(entry.data_path.read_bytes)
-            if len(data) == info.size:
+            if len(data) == entry.size:
                 memory.put(entry, data)
-        if p.span.length != len(data):
-            data = data[p.span.start : p.span.start + p.span.length]
-        node.metrics.hit_bytes.inc(len(data))
-        del headers["Content-Length"]
-        return web.Response(status=p.status, body=data, headers=headers)
+        if length != len(data):
+            data = data[start : start + length]
+        node.metrics.traffic.bytes["hit"] += len(data)
+        resp = web.Response(status=status, body=data, headers=headers)
+        resp.headers["Age"] = age
+        return resp
     try:
         fd = os.open(entry.data_path, os.O_RDONLY)
     except FileNotFoundError:  # evicted between lookup and open: answer as a miss would
         return _error(503, "object was evicted; retry", **{"Retry-After": "1"})
     try:
-        del headers["Content-Length"]
-        resp = web.StreamResponse(status=p.status, headers=headers)
-        resp.content_length = p.span.length
+        stream = web.StreamResponse(status=status, headers=headers)  # a copy, not the template
+        stream.headers["Age"] = age
+        stream.content_length = length
         try:
-            await resp.prepare(request)
-            await _sendfile(request, resp, fd, p.span.start, p.span.length)
-            await resp.write_eof()
+            await stream.prepare(request)
+            await _sendfile(request, stream, fd, start, length)
+            await stream.write_eof()
         except ConnectionResetError:  # the client went away mid-body: nothing to answer
             log.debug("client_gone", key=entry.key)
-            return resp
-        node.metrics.hit_bytes.inc(p.span.length)
-        return resp
+            return stream
+        node.metrics.traffic.bytes["hit"] += length
+        return stream
     finally:
         os.close(fd)
 
@@ -242,19 +268,31 @@ async def _serve_entry(request: web.Request, node: Node, entry: Entry) -> web.St
 async def _sendfile(
     request: web.Request, resp: web.StreamResponse, fd: int, offset: int, count: int
 ) -> None:
-    """Zero-copy when the loop and transport allow it; chunked reads otherwise."""
+    """Zero-copy when the loop and transport allow it; chunked reads otherwise.
+
+    asyncio's ``loop.sendfile`` is zero-copy. uvloop has none, so there the bytes
+    go out with ``os.sendfile`` on a duplicate of the connection's descriptor,
+    waiting for writability with ``add_writer`` on that duplicate (uvloop refuses
+    a watcher on the transport's own descriptor). That is only safe while the
+    transport has nothing buffered (the status line and headers went out), which
+    is the case on a fresh response; otherwise the copy path keeps the order.
+    """
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("client went away")
     loop = asyncio.get_running_loop()
-    with os.fdopen(os.dup(fd), "rb", buffering=0) as fobj:
-        try:
-            await loop.sendfile(transport, fobj, offset, count, fallback=False)
+    if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as fobj:
+            try:
+                await loop.sendfile(transport, fobj, offset, count, fallback=False)
+                return
+            except (NotImplementedError, RuntimeError, asyncio.SendfileNotAvailableError):
+                pass
+    else:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_write_buffer_size() == 0:
+            await sendfile_fd(loop, sock.fileno(), fd, offset, count)
             return
-        except (NotImplementedError, AttributeError, RuntimeError):
-            pass
-        except asyncio.exceptions.SendfileNotAvailableError:
-            pass
     sent = 0
     while sent < count:
         chunk = os.pread(fd, min(READ_CHUNK, count - sent), offset + sent)
@@ -262,6 +300,42 @@ async def _sendfile(
             raise OSError("data file shorter than its metadata")
         await resp.write(chunk)
         sent += len(chunk)
+
+
+async def sendfile_fd(
+    loop: asyncio.AbstractEventLoop, sock_fd: int, fd: int, offset: int, count: int
+) -> None:
+    """``count`` bytes of ``fd`` from ``offset`` to the non-blocking socket ``sock_fd``."""
+    out = os.dup(sock_fd)
+    try:
+        while count > 0:
+            try:
+                sent = os.sendfile(out, fd, offset, count)
+            except BlockingIOError:
+                await _writable(loop, out)
+                continue
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ConnectionResetError(f"client went away: {exc}") from exc
+            if sent == 0:
+                raise OSError("data file shorter than its metadata")
+            offset += sent
+            count -= sent
+    finally:
+        os.close(out)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
 
 
 def _open_fill_file(fill: Fill, writer: Writer) -> int:
@@ -283,14 +357,14 @@ async def _serve_fill(request: web.Request, node: Node, fill: Fill) -> web.Strea
             ttl = node.config.serving.not_found_ttl_seconds
             cc = f"max-age={int(ttl)}" if ttl >= 1 else "no-store"
             return _error(404, f"no object {fill.key!r} at the origin", **{"Cache-Control": cc})
-        node.metrics.requests.labels("error").inc()
+        node.metrics.traffic.requests["error"] += 1
         return _error(502, f"origin fetch failed: {exc}")
     result = fill.source or "origin"
     now = time.time()
     base = object_headers(info, now, now, node.config.serving.cache_control)
     base["X-EdgeFill-Result"] = "miss"
     p = plan(request.method, request.headers, validators(info))
-    node.metrics.requests.labels(result).inc()
+    node.metrics.traffic.requests[result] += 1
     if p.span is None:
         return _respond_without_body(p, base)
     headers = {**base, **p.headers, "Content-Type": info.content_type}
@@ -306,7 +380,7 @@ async def _serve_fill(request: web.Request, node: Node, fill: Fill) -> web.Strea
     try:
         fd = _open_fill_file(fill, writer)
     except FillFailedError as exc:
-        node.metrics.requests.labels("error").inc()
+        node.metrics.traffic.requests["error"] += 1
         return _error(502, str(exc))
     try:
         await resp.prepare(request)
@@ -328,13 +402,13 @@ async def _serve_fill(request: web.Request, node: Node, fill: Fill) -> web.Strea
             log.debug("client_gone", key=fill.key, sent=pos)
             return resp
         except FillFailedError as exc:
-            node.metrics.requests.labels("error").inc()
+            node.metrics.traffic.requests["error"] += 1
             log.warning("client_aborted_fill_failed", key=fill.key, sent=pos, error=str(exc))
             # Abort (RST), never finish: a clean end would look like a complete short body.
             if request.transport is not None:
                 request.transport.abort()
             return resp
-        node.metrics.served_bytes.labels(result).inc(p.span.length)
+        node.metrics.traffic.bytes[result] += p.span.length
         await resp.write_eof()
         return resp
     finally:

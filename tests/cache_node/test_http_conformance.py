@@ -237,8 +237,8 @@ async def test_head_has_the_headers_of_get_and_no_body(
             ):
                 answers = {}
                 for method in ("HEAD", "GET"):
+                    await until(lambda: node.apps.node.loader.in_progress() == 0, "idle")
                     if path == "miss":
-                        await until(lambda: node.apps.node.loader.in_progress() == 0, "idle")
                         node.store.remove(KEY)
                     async with s.request(method, f"{node.client_url}/{KEY}", headers=headers) as r:
                         answers[method] = (r.status, CIMultiDict(r.headers), await r.read())
@@ -619,3 +619,52 @@ async def test_a_trickling_origin_is_abandoned(
         proxy.reset()
         async with s.get(f"{node.client_url}/{KEY}") as r:
             assert (r.status, await r.read()) == (200, bucket.objects[KEY])
+
+
+# --- uvloop: zero-copy sendfile on a duplicate descriptor ---------------------------------
+
+
+def test_uvloop_serves_hits_with_sendfile(bucket: Bucket, tmp_path: Path) -> None:
+    """Under uvloop (no ``loop.sendfile``) hits from disk still go out whole and exact,
+    ranges included, through ``os.sendfile`` on a duplicate of the connection's fd."""
+    uvloop = pytest.importorskip("uvloop")
+    from .conftest import node_config
+
+    big = "vod/big.bin"
+    data = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: more than a socket buffer holds
+    bucket.put(big, data)
+    cfg = node_config(tmp_path / "store", bucket.server.endpoint_url, bucket.name)
+    cfg = _memory_tier(cfg, False)
+
+    async def scenario() -> None:
+        assert "uvloop" in type(asyncio.get_running_loop()).__module__
+        async with live_node(cfg) as node, aiohttp.ClientSession() as s:
+            await _fill(s, node, big)
+            # slow readers make sendfile meet a full socket buffer and wait for writability
+            for headers, want in (
+                ({}, data),
+                ({"Range": "bytes=100000-2999999"}, data[100000:3000000]),
+                ({"Range": "bytes=-5"}, data[-5:]),
+            ):
+                async with s.get(f"{node.client_url}/{big}", headers=headers) as r:
+                    assert r.headers["X-EdgeFill-Result"] == "hit"
+                    got = bytearray()
+                    async for chunk in r.content.iter_chunked(64 * KiB):
+                        got += chunk
+                        await asyncio.sleep(0)
+                    assert bytes(got) == want
+            # keep-alive survives: the same connection answers the next request
+            bodies = await asyncio.gather(*(_read(s, f"{node.client_url}/{big}") for _ in range(4)))
+            assert all(b == data for b in bodies)
+            # a client that leaves mid-body does not break the node
+            async with s.get(f"{node.client_url}/{big}") as r:
+                await r.content.readexactly(1000)
+                r.close()
+            assert await _read(s, f"{node.client_url}/{big}") == data
+
+    uvloop.run(scenario())
+
+
+async def _read(s: aiohttp.ClientSession, url: str) -> bytes:
+    async with s.get(url) as r:
+        return await r.read()

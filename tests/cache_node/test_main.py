@@ -73,3 +73,23 @@ async def test_membership_changes_are_picked_up_without_restart(tmp_path: Path) 
         assert peering.member_names() == {"m0", "m1"}
     finally:
         await runner.cleanup()
+
+
+async def test_ready_only_once_every_port_listens(tmp_path: Path) -> None:
+    """Recovery may finish before the client port is bound (metrics start first, so
+    liveness answers during a long recovery); /readyz must wait for both."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from cache_node.__main__ import _runner
+
+    apps = create_apps(node_config(tmp_path / "s", "http://127.0.0.1:9", "bucket-a"), "n0")
+    apps.node.ready = True
+    apps.node.listening = False
+    async with TestClient(TestServer(apps.metrics)) as client:
+        resp = await client.get("/readyz")
+        assert resp.status == 503
+        assert "not listening" in (await resp.json())["reason"]
+        assert (await (await client.get("/status")).json())["ready"] is False
+        apps.node.listening = True
+        assert (await client.get("/readyz")).status == 200
+    assert _runner("asyncio") is asyncio.run

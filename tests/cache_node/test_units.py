@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cache_node.eviction import LRU, S3FIFO, Sieve, make_policy
-from cache_node.objkeys import KeyRejectedError, normalise
+from cache_node.metrics import Metrics
+from cache_node.objkeys import KeyRejectedError, _normalise, normalise
 from cache_node.ranges import Span, Validators, parse_range, plan
 from cache_node.tokens import (
     Claims,
@@ -67,6 +68,40 @@ def test_key_rejections(raw: str, status: int) -> None:
         normalise(raw)
     assert info.value.status == status
     assert info.value.reason
+
+
+def _outcome(fn: object, path: str) -> str | int:
+    try:
+        return fn(path)  # type: ignore[operator,no-any-return]
+    except KeyRejectedError as exc:
+        return exc.status
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from([*"ab./%\\?#~-_:@!+,;=2eEfF0", "\x00", "€", " "]),
+        max_size=40,
+    ),
+    st.integers(min_value=0, max_value=1100),
+)
+def test_fast_path_keys_equal_the_general_normaliser(tail: str, pad: int) -> None:
+    """The hit path's shortcut for plain paths never changes what a path means."""
+    for path in ("/" + tail, "/" + "k" * pad + tail, "/v/" + tail + "/x"):
+        bare = path.partition("?")[0].partition("#")[0]
+        assert _outcome(normalise, path) == _outcome(_normalise, bare), path
+
+
+def test_traffic_counters_are_exposed_as_prometheus_counters() -> None:
+    metrics = Metrics()
+    metrics.traffic.requests["hit"] += 3
+    metrics.traffic.requests["origin"] += 1
+    metrics.traffic.bytes["hit"] += 4096
+    get = metrics.registry.get_sample_value
+    assert get("edgefill_requests_total", {"result": "hit"}) == 3
+    assert get("edgefill_requests_total", {"result": "origin"}) == 1
+    assert get("edgefill_requests_total", {"result": "error"}) == 0
+    assert get("edgefill_served_bytes_total", {"source": "hit"}) == 4096
+    assert get("edgefill_served_bytes_total", {"source": "peer"}) == 0
 
 
 # --- ranges -------------------------------------------------------------------------------
@@ -283,3 +318,22 @@ def test_every_policy_evicts_everything_once(name: str) -> None:
     while (v := p.victim()) is not None:
         out.append(v)
     assert sorted(out) == sorted(keys)
+
+
+def test_negative_cache_expires_and_is_bounded() -> None:
+    from cache_node.loader import NegativeCache
+
+    cache = NegativeCache(max_entries=3)
+    cache.add("a", now=100.0, ttl=10.0)
+    assert cache.holds("a", 109.9)
+    assert not cache.holds("a", 110.0)  # expired entries are dropped when met
+    assert len(cache) == 0
+    cache.add("off", now=100.0, ttl=0.0)  # TTL 0: negative caching off
+    assert not cache.holds("off", 100.0)
+    for key in "bcde":
+        cache.add(key, now=100.0, ttl=10.0)
+    assert len(cache) == 3
+    assert not cache.holds("b", 101.0)  # the oldest went first
+    assert all(cache.holds(k, 101.0) for k in "cde")
+    cache.discard("c")
+    assert not cache.holds("c", 101.0)
