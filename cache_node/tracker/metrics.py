@@ -29,7 +29,8 @@ REJECTS = Counter(
 )
 RELAYED = Counter(
     "edgefill_tracker_relayed_total",
-    "WebRTC signalling messages relayed between peers, by kind (offer, answer).",
+    "Tracker messages relayed, by kind: offer and answer (WebRTC signalling between "
+    "peers), forward (a client's message passed to the member owning its swarm).",
     ["kind"],
 )
 UPLOADED = Counter(

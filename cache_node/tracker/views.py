@@ -339,6 +339,11 @@ async def member_link(request: web.Request) -> web.StreamResponse:
     service = request.app[TRACKER]
     member = request.headers.get(MEMBER_HEADER, "")
     try:
+        # Charged like any tracker request: guessing the secret is throttled per source.
+        service.admit(_source(service, request))
+    except RejectedError as exc:
+        return _failure(exc, exc.status)
+    try:
         check_auth(request.headers.get("Authorization"), service.membership.secret())
     except PeerAuthError as exc:
         return web.Response(status=401, text=f"{exc}\n")

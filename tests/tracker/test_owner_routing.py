@@ -95,14 +95,21 @@ async def site(signing_key_file: Path) -> AsyncIterator[Any]:
     started: list[Member] = []
 
     async def start(
-        holders: set[str], *, member_urls: bool = False, secret: bytes | None = SECRET
+        holders: set[str],
+        *,
+        member_urls: bool = False,
+        secret: bytes | None = SECRET,
+        **tracker_settings: Any,
     ) -> dict[str, Member]:
         hosts = {name: f"127.0.0.{20 + i}" for i, name in enumerate(NAMES)}
         ports = {name: free_port(host) for name, host in hosts.items()}
         urls = {name: f"http://{hosts[name]}:{ports[name]}" for name in NAMES}
         members: dict[str, Member] = {}
         for name in NAMES:
-            tracker: dict[str, Any] = {"manifestKeyFile": str(signing_key_file)}
+            tracker: dict[str, Any] = {
+                "manifestKeyFile": str(signing_key_file),
+                **tracker_settings,
+            }
             if member_urls:
                 tracker["memberClientUrls"] = urls
             config = make_config(
@@ -407,3 +414,17 @@ def test_client_base_from_peer_url() -> None:
     assert client_base_from_peer_url("https://[2001:db8::1]:8081/", 443) == (
         "https://[2001:db8::1]:443"
     )
+
+
+async def test_guessing_the_link_secret_is_throttled(site: Any) -> None:
+    # a slow refill, so that no token comes back while the test runs
+    members = await site(holders=set(NAMES), announcesPerSecond=0.001, announceBurst=10)
+    target = members[NAMES[0]]
+    wrong = {"Authorization": "Bearer not-the-secret-at-all", MEMBER_HEADER: NAMES[1]}
+    statuses = []
+    conn = aiohttp.TCPConnector(local_addr=("127.0.0.9", 0), force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        for _ in range(15):
+            async with http.get(f"{target.url}{LINK_PATH}", headers=wrong) as resp:
+                statuses.append(resp.status)
+    assert statuses == [401] * 10 + [429] * 5
