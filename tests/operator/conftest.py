@@ -199,7 +199,35 @@ def crds(k8s_cluster: Any) -> Any:
     )
     for name in CRD_NAMES:
         k8s_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    wait_for("the copies admission policy to resolve EdgeSite", lambda: _policy_ready(k8s_cluster))
     return k8s_cluster
+
+
+PROBE_CONTENTSET = {
+    "apiVersion": "edgefill.io/v1alpha1",
+    "kind": "ContentSet",
+    "metadata": {"name": "policy-probe", "namespace": "default"},
+    "spec": {"source": {"bucket": "probe", "prefixes": ["p/"]}, "sites": {}},
+}
+
+
+def _policy_ready(cluster: Any) -> bool:
+    """Whether the ValidatingAdmissionPolicy can map its paramKind (EdgeSite) yet.
+
+    Right after the CRDs are installed the API server's admission plugin may
+    not know the EdgeSite resource for a few seconds and denies every
+    ContentSet with "failed to find resource referenced by paramKind". A server
+    dry run of a harmless ContentSet tells when it has caught up; any other
+    error is real.
+    """
+    out = cluster.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=json.dumps(PROBE_CONTENTSET), check=False
+    )
+    if out.returncode == 0:
+        return True
+    if "failed to find resource referenced by paramKind" in out.stderr:
+        return False
+    raise AssertionError(f"probe ContentSet refused: {out.stderr}")
 
 
 @pytest.fixture
