@@ -196,6 +196,12 @@ class Prepositioner:
         self._loop_task = asyncio.create_task(self._run(), name="prepos")
 
     async def close(self) -> None:
+        """Stop stepping and waiting; called at node shutdown, before the node's loader closes.
+
+        Fills run in the node's loader (shared with client misses), so one already
+        started goes on until it ends or that loader closes right after this; a fill
+        from a bucket other than the node's own loses its S3 client here and fails.
+        """
         if self._closed:
             return
         self._closed = True
