@@ -690,6 +690,8 @@ async def phase_kill(
             attempts = 0
             while len(kills) < args.kills and attempts < 3 * args.kills:
                 attempts += 1
+                if all(victim.meta(k) is not None for k in owned):
+                    break  # the victim filled everything: no kill can land mid-fill any more
                 for _ in range(600):  # until this run of the victim streams from the origin
                     if len(victim.proxy.log) > mark:
                         break
