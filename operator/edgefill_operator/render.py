@@ -406,7 +406,8 @@ def render_pdb(inputs: SiteInputs) -> Manifest:
 
 
 def render_network_policies(inputs: SiteInputs) -> list[Manifest]:
-    """Clients reach the client port; site members and downstream sites reach the peer port.
+    """Clients (and site members' tracker links) reach the client port; members and
+    downstream sites reach the peer port.
 
     The metrics port (probes, Prometheus, the operator's /status poll) is open
     to the operator and to pods labelled as Prometheus scrapers only.
@@ -416,7 +417,13 @@ def render_network_policies(inputs: SiteInputs) -> list[Manifest]:
     networks = list(inputs.spec.get("clientNetworks") or [])
     client_rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": p["client"]}]}
     if networks:
-        client_rule["from"] = [{"ipBlock": {"cidr": c}} for c in networks]
+        # The site's own members also reach the client port: the tracker's
+        # member links (/tracker/v1/link) run there, so a swarm's owner must
+        # accept its siblings even when clients are limited to these CIDRs.
+        client_rule["from"] = [
+            *({"ipBlock": {"cidr": c}} for c in networks),
+            {"podSelector": pods},
+        ]
     peers: list[dict[str, Any]] = [{"podSelector": pods}]
     for ref in inputs.downstreams:
         peers.append(

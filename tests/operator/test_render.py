@@ -133,6 +133,8 @@ def test_network_policies_admit_clients_members_and_downstream_sites(edge_exampl
     assert rule["from"] == [
         {"ipBlock": {"cidr": "198.51.100.0/24"}},
         {"ipBlock": {"cidr": "2001:db8:a::/48"}},
+        # members' tracker links to a swarm's owner use the client port
+        {"podSelector": {"matchLabels": names.selector_labels("alpha-east")}},
     ]
     (peer_rule,) = peers["spec"]["ingress"]
     assert peer_rule["ports"] == [{"protocol": "TCP", "port": 8081}]
