@@ -308,6 +308,35 @@ class TrackerService:
         self.interval = tracker.announce_interval_seconds
         self.min_interval = max(1, self.interval // 4)
 
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Apply a reloaded node configuration without dropping swarms.
+
+        Live: ``memberClientUrls`` (owner redirects), the numwant cap, the
+        announce interval, trusted proxies, per-source rate limits and the
+        site's client networks (peers already in a swarm keep their locality
+        group until they re-announce). Bounds sized at start (``maxSwarms``,
+        ``maxPeersPerSwarm``, ``peerTtlSeconds``, the rate-limit table) keep
+        their running values until the node restarts.
+        """
+        tracker = config.tracker
+        self.config = tracker.model_copy(
+            update={
+                "max_swarms": self.config.max_swarms,
+                "max_peers_per_swarm": self.config.max_peers_per_swarm,
+                "peer_ttl_seconds": self.config.peer_ttl_seconds,
+                "max_rate_limited_sources": self.config.max_rate_limited_sources,
+            }
+        )
+        self.trusted_proxies = parse_networks(tracker.trusted_proxies)
+        self.limiter.rate = tracker.announces_per_second
+        self.limiter.burst = tracker.announce_burst
+        self.interval = tracker.announce_interval_seconds
+        self.min_interval = max(1, self.interval // 4)
+        networks = parse_networks(config.client_networks)
+        if networks != self.locality.client_networks:
+            self.locality = Locality(networks)
+            self.registry.locality = self.locality
+
     @classmethod
     def from_config(
         cls,

@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cache_node.app import create_apps
 from cache_node.config import NodeConfig
+from cache_node.ring import rank
 from cache_node.tracker.manifest import b64url_decode, verify_manifest, verify_piece
+from cache_node.tracker.views import TRACKER
 from cache_node.tracker.wiring import extension
 
 from .conftest import object_bytes
@@ -129,5 +131,68 @@ async def test_manifest_from_the_store_and_web_seed_by_range(
             async with http.get(f"{base}/announce?{query}") as resp:
                 assert resp.status == 200
                 assert (await resp.read()).startswith(b"d8:complete")
+    finally:
+        await runner.cleanup()
+
+
+async def test_reloaded_config_reaches_the_tracker_without_a_restart(
+    s3_server: Any, tmp_path: Path
+) -> None:
+    """A re-rendered ConfigMap (new member URLs, interval, client networks) applies live."""
+    port = free_port()
+    members = [
+        {"name": "node-0", "peerUrl": "http://127.0.0.1:1"},
+        {"name": "node-1", "peerUrl": "http://127.0.0.2:1"},
+    ]
+    doc: dict[str, Any] = {
+        "site": {"namespace": "edge", "name": "reload"},
+        "listen": {"host": "127.0.0.1"},
+        "store": {"path": str(tmp_path / "store"), "maxBytes": 1 << 24},
+        "origin": {"endpointUrl": s3_server.endpoint_url, "bucket": "unused"},
+        "tokens": {"enabled": False},
+        "peering": {"members": members},
+        "tracker": {"announceIntervalSeconds": 120},
+    }
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(doc))
+    apps = create_apps(
+        NodeConfig.model_validate(doc),
+        "node-0",
+        extensions=[extension(node_name="node-0", web_seed_url=f"http://127.0.0.1:{port}/")],
+        config_path=path,
+        config_poll_seconds=0.05,
+    )
+    runner = web.AppRunner(apps.client, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        service = apps.client[TRACKER]
+        # a key whose swarm node-1 owns (rendezvous ranking over both members)
+        key = next(
+            k
+            for k in (f"vod/k{i}.m4s" for i in range(100))
+            if rank(k, ["node-0", "node-1"])[0] == "node-1"
+        )
+        assert service.owner_url(key) is None  # no member URLs rendered yet
+        assert service.interval == 120
+
+        doc["tracker"] = {
+            "announceIntervalSeconds": 60,
+            "memberClientUrls": {
+                "node-0": "https://cache-0.reload.isp.example",
+                "node-1": "https://cache-1.reload.isp.example",
+            },
+        }
+        doc["clientNetworks"] = ["198.51.100.0/24"]
+        path.write_text(json.dumps(doc))
+        for _ in range(400):
+            if service.interval == 60:
+                break
+            await asyncio.sleep(0.025)
+        assert service.interval == 60
+        assert service.min_interval == 15
+        assert service.owner_url(key) == "https://cache-1.reload.isp.example"
+        assert [str(n) for n in service.locality.client_networks] == ["198.51.100.0/24"]
+        assert service.registry.locality is service.locality
     finally:
         await runner.cleanup()
