@@ -70,8 +70,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "asyncio", "uvloop"),
         default=os.environ.get("EDGEFILL_EVENT_LOOP", "auto"),
         help=(
-            "event loop (env EDGEFILL_EVENT_LOOP). auto = uvloop when installed (the "
-            "'fast' extra), else asyncio; both send large objects with zero-copy sendfile"
+            "event loop (env EDGEFILL_EVENT_LOOP). auto = asyncio. Both send large "
+            "objects with zero-copy sendfile; measured here, uvloop serves ~15%% more small "
+            "hits per second but ~15%% fewer 1 MiB hits"
         ),
     )
     parser.add_argument(
@@ -186,15 +187,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
-    """``asyncio.run`` or ``uvloop.run``: uvloop for ``auto`` when it is installed."""
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                raise
-        else:
-            return uvloop.run
+    """``asyncio.run`` (``auto``, ``asyncio``) or ``uvloop.run`` (``uvloop``)."""
+    if choice == "uvloop":
+        import uvloop
+
+        return uvloop.run
     return asyncio.run
 
 

@@ -305,14 +305,30 @@ async def _sendfile(
 async def sendfile_fd(
     loop: asyncio.AbstractEventLoop, sock_fd: int, fd: int, offset: int, count: int
 ) -> None:
-    """``count`` bytes of ``fd`` from ``offset`` to the non-blocking socket ``sock_fd``."""
+    """``count`` bytes of ``fd`` from ``offset`` to the non-blocking socket ``sock_fd``.
+
+    The writability watcher stays registered for the whole body (registering it per
+    wait would cost an event-loop handle and two ``epoll_ctl`` calls each time the
+    socket buffer fills); its callback only wakes a waiter that is there.
+    """
     out = os.dup(sock_fd)
+    waiter: list[asyncio.Future[None]] = []
+
+    def wake() -> None:
+        if waiter and not waiter[0].done():
+            waiter[0].set_result(None)
+
+    watching = False
     try:
         while count > 0:
             try:
                 sent = os.sendfile(out, fd, offset, count)
             except BlockingIOError:
-                await _writable(loop, out)
+                if not watching:
+                    loop.add_writer(out, wake)
+                    watching = True
+                waiter[:] = [loop.create_future()]
+                await waiter[0]
                 continue
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise ConnectionResetError(f"client went away: {exc}") from exc
@@ -321,21 +337,9 @@ async def sendfile_fd(
             offset += sent
             count -= sent
     finally:
+        if watching:
+            loop.remove_writer(out)
         os.close(out)
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    ready = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
 
 
 def _open_fill_file(fill: Fill, writer: Writer) -> int:

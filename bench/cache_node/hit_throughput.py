@@ -1,16 +1,21 @@
 """Hit throughput of the cache node against nginx serving the same files, in one run.
 
-Both servers run on this machine on loopback: nginx (Debian package, one
-worker, sendfile on, access log off) serves the files from a directory; one
-cache-node process serves the same objects as hits from its store (filled
-once from the S3 test server beforehand). ``wrk`` (one thread, 32
-connections) measures each in turn for 4 KiB, 1 MiB and 8 MiB objects.
+Both servers run on this machine on loopback with the same number of worker
+processes: nginx (Debian package, ``worker_processes`` = the node's, sendfile
+on, access log off) serves the files from a directory; the cache node (one
+process: it has no multi-process mode) serves the same objects as hits from its
+store (filled once from the S3 test server beforehand). ``wrk`` (one thread,
+32 connections) measures each in turn for 4 KiB, 1 MiB and 8 MiB objects;
+with ``--rounds N`` nginx and the node alternate N times per size and the
+median of each is reported, which evens out other load on a shared machine.
 
-Prints req/s, GB/s and the ratio node/nginx. Needs ``nginx`` and ``wrk``
-(``apt-get install -y nginx wrk``). Not run in CI: absolute numbers drift
-between machines, the ratio is the figure to quote.
+Prints both worker counts and the event loop, then req/s, GB/s and the ratio
+node/nginx. Needs ``nginx`` and ``wrk`` (``apt-get install -y nginx wrk``). Not
+run in CI: absolute numbers drift between machines, the ratio is the figure to
+quote.
 
     python bench/cache_node/hit_throughput.py [--seconds 10] [--connections 32]
+        [--rounds 1] [--event-loop auto|asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,8 +40,10 @@ from edgefill_devenv.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, free_po
 SIZES = {"4KiB": 4 * 1024, "1MiB": 1024 * 1024, "8MiB": 8 * 1024 * 1024}
 BUCKET = "bench-hits"
 
+NODE_WORKERS = 1  # the cache node serves from one process (see docs/operations.md)
+
 NGINX_CONF = """
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/nginx-error.log;
@@ -91,6 +99,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="alternations per size (median)")
+    parser.add_argument(
+        "--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="node's loop"
+    )
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if not shutil.which(tool):
@@ -120,7 +132,7 @@ def main() -> int:
 
             nginx_port = free_port()
             conf = root / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(root=root, port=nginx_port))
+            conf.write_text(NGINX_CONF.format(root=root, port=nginx_port, workers=NODE_WORKERS))
             procs.append(subprocess.Popen(["nginx", "-c", str(conf)], start_new_session=True))
 
             ports = {"clientPort": free_port(), "peerPort": free_port(), "metricsPort": free_port()}
@@ -147,6 +159,8 @@ def main() -> int:
                             "bench-0",
                             "--log-level",
                             "WARNING",
+                            "--event-loop",
+                            args.event_loop,
                         ],
                         env=env,
                         stdout=log,
@@ -163,12 +177,20 @@ def main() -> int:
             time.sleep(0.5)
 
             print(
+                f"workers: nginx {NODE_WORKERS}, node {NODE_WORKERS}; node event loop "
+                f"{args.event_loop}; wrk 1 thread, {args.connections} connections, "
+                f"{args.seconds}s x {args.rounds} round(s), median"
+            )
+            print(
                 f"{'object':>7} | {'nginx req/s':>12} {'GB/s':>6} | {'node req/s':>11} "
                 f"{'GB/s':>6} | ratio"
             )
             for name, size in SIZES.items():
-                n_rps = wrk(f"{nginx}/{name}", args.seconds, args.connections)
-                c_rps = wrk(f"{node}/{name}", args.seconds, args.connections)
+                n_runs, c_runs = [], []
+                for _ in range(args.rounds):
+                    n_runs.append(wrk(f"{nginx}/{name}", args.seconds, args.connections))
+                    c_runs.append(wrk(f"{node}/{name}", args.seconds, args.connections))
+                n_rps, c_rps = statistics.median(n_runs), statistics.median(c_runs)
                 print(
                     f"{name:>7} | {n_rps:12.0f} {n_rps * size / 1e9:6.2f} | {c_rps:11.0f} "
                     f"{c_rps * size / 1e9:6.2f} | {c_rps / n_rps:.2f}x",

@@ -93,3 +93,4 @@ async def test_ready_only_once_every_port_listens(tmp_path: Path) -> None:
         apps.node.listening = True
         assert (await client.get("/readyz")).status == 200
     assert _runner("asyncio") is asyncio.run
+    assert _runner("auto") is asyncio.run  # uvloop only on request (see --help)
