@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -206,10 +207,13 @@ class SiteNode:
         self.runners.clear()
 
 
-def _free_port() -> int:
-    from edgefill_devenv.s3 import free_port
-
-    return free_port()
+def _listening_socket() -> socket.socket:
+    """A loopback socket bound now and held until its site serves on it: picking a free
+    port and binding it later lets a concurrent test process take it in between."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @asynccontextmanager
@@ -227,10 +231,13 @@ async def live_sites(
     """
     secret_file = tmp_path / "peer-secret"
     secret_file.write_bytes(PEER_SECRET)
-    ports = {
-        (site, i): (_free_port(), _free_port(), _free_port())
+    socks = {
+        (site, i): (_listening_socket(), _listening_socket(), _listening_socket())
         for site, count in sites.items()
         for i in range(count)
+    }
+    ports = {
+        where: tuple(int(sock.getsockname()[1]) for sock in trio) for where, trio in socks.items()
     }
     members = {
         site: [
@@ -268,15 +275,13 @@ async def live_sites(
                 name = f"{site}-{i}"
                 apps = create_apps(cfg, name)
                 runners = []
-                for app, port in (
-                    (apps.client, client_port),
-                    (apps.peer, peer_port),
-                    (apps.metrics, metrics_port),
+                for app, sock in zip(
+                    (apps.client, apps.peer, apps.metrics), socks[(site, i)], strict=True
                 ):
                     runner = web.AppRunner(app, access_log=None)
                     await runner.setup()
                     runners.append(runner)
-                    await web.TCPSite(runner, "127.0.0.1", port).start()
+                    await web.SockSite(runner, sock).start()
                 started.setdefault(site, []).append(
                     SiteNode(
                         name=name,
@@ -294,3 +299,6 @@ async def live_sites(
         for nodes in started.values():
             for n in nodes:
                 await n.stop()
+        for trio in socks.values():
+            for sock in trio:
+                sock.close()
