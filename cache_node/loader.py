@@ -127,6 +127,14 @@ class Fill:
         self.error: FillFailedError | None = None
         self.done = False
         self.waiters = 0
+        # Set by the lookup that starts the fill (pre-positioning): the store piece size
+        # of the new object and the placement its commit records, so the meta document
+        # is written once. A client miss leaves the store's defaults (dynamic, the
+        # store's piece size); a pre-positioning lookup that joins it sets the placement
+        # for the commit, but the piece size of a started writer no longer changes.
+        self.piece_size: int | None = None
+        self.pinned = False
+        self.content_set: str | None = None
         self._changed = asyncio.Event()
 
     @classmethod
@@ -205,6 +213,9 @@ class Loader:
         before: Sequence[Upstream] | Callable[[], Sequence[Upstream]] = (),
         *,
         respect_negative: bool = False,
+        piece_size: int | None = None,
+        pinned: bool = False,
+        content_set: str | None = None,
     ) -> Entry | Fill:
         """A verified committed entry, or the (possibly new) fill for ``key``.
 
@@ -213,6 +224,11 @@ class Loader:
         callable is asked only then (ranking members costs time a hit need not pay).
         With ``respect_negative`` a key the origin recently answered 404 for gives
         a finished, not-found :class:`Fill` without asking anyone.
+
+        Pre-positioning passes its ContentSet's ``piece_size`` (used only when this
+        call starts the fill: a fill a client miss started keeps the store's piece
+        size) and the placement (``pinned``, ``content_set``) the commit records in
+        the object's meta document (also when joining a fill still running).
         """
         entry = self.store.get(key)
         if entry is not None and (entry.verified or await self.store.verify(entry)):
@@ -223,12 +239,15 @@ class Loader:
         fill = self._fills.get(key)
         if fill is None:
             fill = Fill(key)
+            fill.piece_size = piece_size
             self._fills[key] = fill
             self.fills_started += 1
             chain = [*(before() if callable(before) else before), *self.upstreams]
             task = asyncio.create_task(self._run(fill, chain), name=f"fill:{key}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if content_set is not None or pinned:
+            fill.pinned, fill.content_set = pinned, content_set
         return fill
 
     def in_progress(self) -> int:
@@ -328,7 +347,7 @@ class Loader:
                 if fill.info is None or fill.writer is None:
                     fill.info = opened.info
                     fill.source = upstream.source
-                    fill.writer = self.store.begin(opened.info)
+                    fill.writer = self.store.begin(opened.info, fill.piece_size)
                     fill._notify()
                 elif opened.info.size != fill.info.size or opened.info.etag != fill.info.etag:
                     # A source that ignored If-Match: treat as a change.
@@ -359,7 +378,7 @@ class Loader:
                 await opened.body.release()
             break
         assert fill.writer is not None
-        fill.entry = await fill.writer.commit()
+        fill.entry = await fill.writer.commit(pinned=fill.pinned, content_set=fill.content_set)
         log.info(
             "fill_committed",
             key=fill.key,

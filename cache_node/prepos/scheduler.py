@@ -516,7 +516,13 @@ class Prepositioner:
                 return started[0].writer if started else None
 
             tracker = PartialTracker(self.partials, writer)
-            found = await loader.lookup(task.key, before=self._chain(task, cfg, origin, tracker))
+            found = await loader.lookup(
+                task.key,
+                before=self._chain(task, cfg, origin, tracker),
+                piece_size=task.piece_size,
+                pinned=task.pinned,
+                content_set=task.content_set,
+            )
             if isinstance(found, Fill):
                 # Set before the fill's task first runs: lookup does not yield after
                 # creating it. A fill a client miss started never uses this chain.
@@ -538,6 +544,9 @@ class Prepositioner:
                 cat = self._catalogues.get(task.content_set)
                 if cat is not None:
                     cat.resolved_at = 0.0
+            # A fill this lookup started or joined committed with the placement already
+            # (one meta write): this is then a no-op. A hit, or a commit that won the
+            # race against the join, is placed here.
             await self.store.set_placement(
                 task.key, pinned=task.pinned, content_set=task.content_set
             )

@@ -26,7 +26,7 @@ from cache_node.node import Node
 from cache_node.ops import status_document
 from cache_node.prepos.partial import Partials
 from cache_node.prepos.scheduler import Prepositioner
-from cache_node.store import ObjectInfo, Store
+from cache_node.store import ObjectInfo, ObjectMeta, Store
 from edgefill_devenv.catalogue import object_bytes
 from edgefill_devenv.origin_proxy import OriginProxy
 from edgefill_devenv.s3 import S3Server
@@ -425,3 +425,42 @@ async def test_a_client_miss_racing_a_prefill_of_the_same_key_costs_one_origin_g
             assert entry.meta.content_set == SET
         finally:
             await prepos.close()
+
+
+async def test_a_prefill_stores_the_content_sets_piece_size_and_placement_in_one_commit(
+    origin: tuple[OriginProxy, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ContentSet's pieceSizeBytes reaches the store, and the commit records the pin."""
+    proxy, bucket = origin
+    fill = {"allowOutsideWindow": True, "concurrency": 3}
+    cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, fill, pieceSizeBytes=2 * PIECE)
+    async with running_node(cfg) as (node, _):
+        store = node.store
+        assert store is not None
+        placed_before: list[tuple[bool, str | None]] = []
+        set_placement = store.set_placement
+
+        async def counting(key: str, *, pinned: bool, content_set: str | None) -> bool:
+            entry = store.peek(key)
+            assert entry is not None
+            placed_before.append((entry.meta.pinned, entry.meta.content_set))
+            return await set_placement(key, pinned=pinned, content_set=content_set)
+
+        monkeypatch.setattr(store, "set_placement", counting)
+        prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
+        try:
+            await settle(prepos)
+        finally:
+            await prepos.close()
+        assert _object_gets(proxy) == len(SIZES)
+        # Every placement call found the object already placed by its commit.
+        assert placed_before
+        assert set(placed_before) == {(True, SET)}
+        for key, size in SIZES.items():
+            entry = store.peek(key)
+            assert entry is not None
+            meta = ObjectMeta.from_json(entry.data_path.with_suffix(".meta").read_bytes())
+            assert meta.piece_size == 2 * PIECE != store.piece_size
+            assert len(meta.piece_hashes) == 1  # 16 KiB store pieces would give two for some
+            assert (meta.pinned, meta.content_set) == (True, SET)
+            assert entry.data_path.read_bytes() == object_bytes(key, size)
