@@ -348,24 +348,15 @@ class Loader:
                     fill.info = opened.info
                     fill.source = upstream.source
                     fill.writer = self.store.begin(opened.info, fill.piece_size)
-                    fill.writer.on_written = fill._notify
                     fill._notify()
                 elif opened.info.size != fill.info.size or opened.info.etag != fill.info.etag:
                     # A source that ignored If-Match: treat as a change.
                     self._restart(fill, opened.info)
                     continue
                 writer = fill.writer
-                # The writer hashes and writes in a worker thread; readers are woken
-                # (on_written) as its writes land. Drained before the length check, a
-                # resume (which starts at what was written) and any restart.
-                try:
-                    async for chunk in opened.body.chunks():
-                        writer.feed(chunk)
-                        await writer.flush()
-                except UpstreamError:
-                    await writer.drain()  # keep what arrived: the resume starts after it
-                    raise
-                await writer.drain()
+                async for chunk in opened.body.chunks():
+                    writer.write(chunk)
+                    fill._notify()
                 if writer.written != writer.info.size:
                     raise UpstreamError(
                         f"{fill.key}: body ended at {writer.written} of {writer.info.size} bytes"

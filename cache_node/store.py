@@ -36,7 +36,6 @@ progress. Dynamic (miss-filled) objects are evicted before pinned
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -167,32 +166,12 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-# Fills hand their bytes to these threads (hashing and pwrite release the GIL for
-# large buffers), so the event loop is never blocked on them. One pool per process:
-# each writer has at most one write in flight, so a writer's bytes land in order.
-_WRITES = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="edgefill-store-write")
-# While a writer's previous write is still in flight, bytes that arrive meanwhile are
-# kept (not copied) until this much is pending; then the fill waits for the disk
-# (back-pressure). An idle worker takes whatever is pending at once, so the first
-# bytes of a fill reach cut-through readers after one chunk, not after a buffer fills.
-PENDING_LIMIT = 1024 * 1024
-
-_Chunk = bytes | memoryview
-
-
 class Writer:
     """A fill in progress: bytes go to a temp file while piece hashes accumulate.
 
     Readers of a fill in progress (cut-through) open :attr:`path` themselves and
     read up to :attr:`written`; the file stays readable through their open
     descriptor after it is renamed on commit or unlinked on abort.
-
-    The fill path uses :meth:`feed`, :meth:`flush` and :meth:`drain`: the hashing
-    and the ``pwrite`` run in a worker thread, one write of a writer at a time,
-    in order. :attr:`written` and the piece hashes advance together, on the event
-    loop, only once the bytes are in the file; :attr:`on_written` is then called
-    (the loader wakes the fill's readers with it). :meth:`write` does the same
-    synchronously, for callers without an event loop.
     """
 
     def __init__(self, store: Store, info: ObjectInfo, piece_size: int, path: Path) -> None:
@@ -203,167 +182,45 @@ class Writer:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
         self.written = 0
         self.final_path: Path | None = None  # set just before the commit renames the file
-        self.on_written: Callable[[], None] | None = None
-        # Published state (event loop): complete piece hashes, and the hash of the
-        # partial last piece, both covering exactly ``written`` bytes.
         self._hashes: list[str] = []
-        self._partial_hash: str | None = None
-        # Worker state: only the thread running the writer's one write touches these.
         self._piece = hashlib.sha256()
         self._piece_fill = 0
-        # Bytes fed but not yet handed to the worker, and the end of what was handed.
-        self._pending: list[_Chunk] = []
-        self._pending_bytes = 0
-        self._submitted = 0
-        self._inflight: concurrent.futures.Future[tuple[list[str], str | None]] | None = None
-        self._published: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
         self._closed = False
 
-    # --- worker side ------------------------------------------------------------------------
-
-    def _write_chunks(self, chunks: list[_Chunk], offset: int) -> tuple[list[str], str | None]:
-        """Write ``chunks`` at ``offset`` and hash them; returns the completed piece hashes
-        and the hash of the piece still open (runs in a worker thread, or inline)."""
-        done: list[str] = []
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            at = 0
-            while at < len(view):
-                at += os.pwrite(self._fd, view[at:], offset + at)
-            offset += len(view)
-            while view:
-                take = min(len(view), self.piece_size - self._piece_fill)
-                self._piece.update(view[:take])
-                self._piece_fill += take
-                view = view[take:]
-                if self._piece_fill == self.piece_size:
-                    done.append(self._piece.hexdigest())
-                    self._piece = hashlib.sha256()
-                    self._piece_fill = 0
-        return done, (self._piece.copy().hexdigest() if self._piece_fill else None)
-
-    def _publish(self, end: int, done: list[str], partial: str | None) -> None:
-        self._hashes.extend(done)
-        self._partial_hash = partial
-        self.written = end
-
-    # --- event-loop side --------------------------------------------------------------------
-
-    def _check_length(self, size: int) -> None:
-        if self._submitted + self._pending_bytes + size > self.info.size:
+    def write(self, chunk: bytes | memoryview) -> None:
+        if self.written + len(chunk) > self.info.size:
             raise IncompleteBodyError(
                 f"{self.info.key}: body longer than the announced {self.info.size} bytes"
             )
-
-    def _idle(self) -> bool:
-        return self._inflight is None and not self._pending
-
-    def write(self, chunk: bytes | memoryview) -> None:
-        """Write and hash ``chunk`` on the calling thread (no fill-path write may be pending)."""
-        if not self._idle():
-            raise StoreError(f"{self.info.key}: write() while fed bytes are pending")
-        self._check_length(len(chunk))
-        done, partial = self._write_chunks([chunk], self._submitted)
-        self._submitted += len(chunk)
-        self._publish(self._submitted, done, partial)
-
-    def feed(self, chunk: bytes | memoryview) -> None:
-        """Queue ``chunk`` (kept by reference); :meth:`flush` hands it to the worker."""
-        self._check_length(len(chunk))
-        if chunk:
-            self._pending.append(chunk)
-            self._pending_bytes += len(chunk)
-
-    async def flush(self) -> None:
-        """Hand the pending bytes to the worker when it is idle; when it is busy, keep
-        them until :data:`PENDING_LIMIT` bytes are pending, then wait for it first."""
-        self._raise_error()
-        if self._inflight is not None:
-            if self._pending_bytes < PENDING_LIMIT:
-                return
-            await self._wait_inflight()
-        if self._pending:
-            self._submit()
-
-    async def drain(self) -> None:
-        """Wait until every byte fed is written, hashed and published in :attr:`written`."""
-        while not self._idle():
-            await self._wait_inflight()
-            if self._pending:
-                self._submit()
-        self._raise_error()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise StoreError(f"{self.info.key}: writing the fill failed: {self._error}") from (
-                self._error
-            )
-
-    async def _wait_inflight(self) -> None:
-        published = self._published
-        if published is not None:
-            # asyncio.wait does not cancel the future when this task is cancelled.
-            await asyncio.wait([published])
-        self._raise_error()
-
-    def _submit(self) -> None:
-        loop = asyncio.get_running_loop()
-        chunks, offset = self._pending, self._submitted
-        self._pending, self._submitted = [], offset + self._pending_bytes
-        self._pending_bytes = 0
-        end = self._submitted
-        published: asyncio.Future[None] = loop.create_future()
-        future = _WRITES.submit(self._write_chunks, chunks, offset)
-        self._inflight, self._published = future, published
-
-        def landed(future: concurrent.futures.Future[tuple[list[str], str | None]]) -> None:
-            if self._inflight is future:
-                self._inflight = None
-            if not self._closed and self._error is None:
-                exc = future.exception()
-                if exc is not None:
-                    self._error = exc
-                else:
-                    self._publish(end, *future.result())
-                    if self.on_written is not None:
-                        self.on_written()
-            if not published.done():
-                published.set_result(None)
-
-        def from_worker(future: concurrent.futures.Future[tuple[list[str], str | None]]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(landed, future)
-
-        future.add_done_callback(from_worker)
+        view = memoryview(chunk)
+        os.pwrite(self._fd, view, self.written)
+        self.written += len(view)
+        while view:
+            take = min(len(view), self.piece_size - self._piece_fill)
+            self._piece.update(view[:take])
+            self._piece_fill += take
+            view = view[take:]
+            if self._piece_fill == self.piece_size:
+                self._hashes.append(self._piece.hexdigest())
+                self._piece = hashlib.sha256()
+                self._piece_fill = 0
 
     def reset(self, info: ObjectInfo) -> None:
-        """Start again from byte zero (the origin's object changed: 412 on resume).
-
-        The fill must have drained its writes first (the loader does after each body).
-        """
-        if self._inflight is not None:
-            raise StoreError(f"{self.info.key}: reset while a write is in flight")
+        """Start again from byte zero (the origin's object changed: 412 on resume)."""
         self.info = info
         os.ftruncate(self._fd, 0)
         self.written = 0
-        self._submitted = 0
-        self._pending, self._pending_bytes = [], 0
         self._hashes = []
-        self._partial_hash = None
         self._piece = hashlib.sha256()
         self._piece_fill = 0
-        self._error = None
 
     def piece_hashes(self) -> tuple[str, ...]:
-        """SHA-256 per piece of the :attr:`written` bytes (the last one may be partial)."""
         hashes = list(self._hashes)
-        if self._partial_hash is not None:
-            hashes.append(self._partial_hash)
+        if self._piece_fill:
+            hashes.append(self._piece.hexdigest())
         return tuple(hashes)
 
     async def commit(self, *, pinned: bool = False, content_set: str | None = None) -> Entry:
-        await self.drain()
         if self.written != self.info.size:
             raise IncompleteBodyError(
                 f"{self.info.key}: got {self.written} of {self.info.size} bytes"
@@ -379,16 +236,9 @@ class Writer:
         return await self.store._commit(self, meta)
 
     def close_fd(self) -> None:
-        """Close the descriptor; a write still in flight closes it when it ends (never
-        under a worker's pwrite: the number could be reused by another file meanwhile)."""
-        if self._closed:
-            return
-        self._closed = True
-        fd, inflight = self._fd, self._inflight
-        if inflight is None:
-            os.close(fd)
-        else:
-            inflight.add_done_callback(lambda _: os.close(fd))
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
 
     def fsync(self) -> None:
         os.fsync(self._fd)

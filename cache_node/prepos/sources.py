@@ -90,7 +90,7 @@ class PartialTracker:
     """The durable partial of one pre-positioning fill, shared by the sources of its chain.
 
     ``writer`` returns the store writer of the fill (``None`` before the headers
-    arrived). :meth:`sync` runs after each chunk the loader took: the first call
+    arrived). :meth:`sync` runs after each chunk the loader wrote: the first call
     links the writer's temp file as the partial, later ones journal completed
     pieces; a new or reset writer (the object changed) is tracked afresh.
     """
@@ -140,9 +140,8 @@ class _MeteredBody:
         self._tracker = tracker
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        # The store writer publishes ``written`` and the piece hashes together, once
-        # the bytes are in its file (it writes in a worker thread, so it may trail the
-        # chunks yielded here): the tracker journals exactly the pieces it holds.
+        # The loader writes each chunk before it asks for the next one, so when this
+        # generator resumes after a ``yield`` the writer holds every byte yielded so far.
         if self._prefix is not None:
             async for chunk in self._prefix.chunks():
                 yield chunk

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from pathlib import Path
 
 import pytest
 
-from cache_node.store import IncompleteBodyError, ObjectInfo, Store, StoreError, key_digest
+from cache_node.store import IncompleteBodyError, ObjectInfo, Store, key_digest
 
 PIECE = 16 * 1024
 
@@ -144,65 +143,3 @@ async def test_replacing_an_object_keeps_accounting_exact(tmp_path: Path) -> Non
     assert store.remove("vod/a")
     assert store.stats.bytes == 0
     assert list((tmp_path / "objects").rglob("*.data")) == []
-
-
-async def test_fed_bytes_are_published_only_once_written_and_hashed(tmp_path: Path) -> None:
-    """The fill path: ``written`` and the piece hashes never run ahead of the file."""
-    store = _store(tmp_path)
-    size = 3 * 1024 * 1024 + 777  # several PENDING_LIMITs: the back-pressure path runs
-    data = _data("vod/fed", size)
-    writer = store.begin(_info("vod/fed", size))
-    seen: list[int] = []
-
-    def landed() -> None:
-        n = writer.written
-        seen.append(n)
-        assert writer.path.read_bytes()[:n] == data[:n]
-        expected = [
-            hashlib.sha256(data[i : min(i + PIECE, n)]).hexdigest() for i in range(0, n, PIECE)
-        ]
-        assert list(writer.piece_hashes()) == expected
-
-    writer.on_written = landed
-    for i in range(0, size, 64 * 1024):
-        writer.feed(data[i : i + 64 * 1024])
-        await writer.flush()
-    with pytest.raises(StoreError):
-        writer.write(b"x")  # the synchronous path refuses while fed bytes are pending
-    with pytest.raises(IncompleteBodyError):
-        writer.feed(b"x")  # past the announced size, counting bytes not yet written
-    entry = await writer.commit()  # waits for the outstanding writes
-    assert seen == sorted(seen)
-    assert seen[-1] == size
-    assert entry.data_path.read_bytes() == data
-    assert entry.meta.piece_hashes == tuple(
-        hashlib.sha256(data[i : i + PIECE]).hexdigest() for i in range(0, size, PIECE)
-    )
-
-
-async def test_the_first_fed_bytes_reach_readers_without_waiting_for_a_buffer(
-    tmp_path: Path,
-) -> None:
-    store = _store(tmp_path)
-    writer = store.begin(_info("vod/first", 100_000))
-    landed = asyncio.Event()
-    writer.on_written = landed.set
-    writer.feed(b"a" * 1000)
-    await writer.flush()  # an idle worker takes the chunk at once
-    await asyncio.wait_for(landed.wait(), 30)  # a hang guard, not a timing assertion
-    assert writer.written == 1000
-    assert writer.path.read_bytes() == b"a" * 1000
-    writer.abort()
-
-
-async def test_an_abort_with_a_write_in_flight_leaves_nothing_behind(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    size = 4 * 1024 * 1024
-    writer = store.begin(_info("vod/gone", size))
-    writer.feed(_data("vod/gone", 2 * 1024 * 1024))
-    await writer.flush()  # in flight now
-    writer.abort()  # the descriptor closes when the write lands, not under it
-    await writer.drain()
-    assert list((tmp_path / "tmp").iterdir()) == []
-    assert store.stats.reserved_bytes == 0
-    assert "vod/gone" not in store
