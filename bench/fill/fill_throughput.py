@@ -18,7 +18,7 @@ on loopback, a moto_server child process) with the same concurrency:
   same catalogue as a ContentSet from a prefix listing, with
   ``fill.concurrency`` = ``concurrency`` and a rate cap far above what the
   machine can move: the fill writes through the store (SHA-256 per piece,
-  fsync, rename, meta file; the hashing and writing in a worker thread), records
+  fsync, rename, meta file), records
   each object's pin in that one meta file and keeps a durable partial for resume.
 
 After one warm-up of the origin the two alternate for ``--rounds`` rounds (other
