@@ -57,7 +57,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -77,6 +76,7 @@ from cache_node.ring import owners
 from cache_node.store import key_digest
 from edgefill_devenv.catalogue import CatalogueObject, generate, manifest, object_bytes
 from edgefill_devenv.origin_proxy import CHUNK, OriginProxy
+from edgefill_devenv.procs import kill_process, stop_process
 from edgefill_devenv.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, free_port
 from edgefill_operator.report import aggregate_site, parse_report
 
@@ -225,20 +225,11 @@ class Member:
             )
 
     def kill(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        kill_process(self.proc)
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        stop_process(self.proc)
         self.proc = None
 
     def meta(self, key: str) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from cache_node.tracker import bencode
+from edgefill_devenv.procs import stop_process
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -146,8 +147,7 @@ def main() -> int:
         results = {name: statistics.median(values) for name, values in runs.items()}
     finally:
         for proc in (ours, theirs):
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop_process(proc, timeout=10)
     for name, rps in results.items():
         each = ", ".join(f"{v:.0f}" for v in runs[name])
         print(f"{name:>20}: {rps:10.0f} announces/s (median of {each})")

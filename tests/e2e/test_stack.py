@@ -18,6 +18,7 @@ from edgefill_devenv.catalogue import generate, object_bytes, seed_demo
 from edgefill_devenv.cluster import Cluster
 from edgefill_devenv.demo import OBJECTS as DEMO_OBJECTS
 from edgefill_devenv.demo import client_phase, nodes_of, open_windows, start_proxy, wait_filled
+from edgefill_devenv.procs import stop_process
 from edgefill_devenv.s3 import S3Server, free_port
 from edgefill_devenv.stack import Stack, eventually, load_examples, running_stack, token_for
 
@@ -47,9 +48,7 @@ def stack(
             st.proxy_port = proxy_port  # type: ignore[attr-defined]
             yield st
     finally:
-        if proxy.poll() is None:
-            proxy.terminate()
-            proxy.wait(30)
+        stop_process(proxy)
         k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

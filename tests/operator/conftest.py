@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edgefill_devenv.procs import kill_process, stop_process
 from edgefill_operator.kube import KubeError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -292,19 +293,11 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, as when a node dies."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        kill_process(self.proc)
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        stop_process(self.proc)
         self.proc = None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from edgefill_devenv.catalogue import CatalogueObject, generate, object_bytes, seed_bucket
+from edgefill_devenv.procs import stop_process
 from edgefill_devenv.s3 import free_port
 from edgefill_devenv.stack import load_examples
 from edgefill_operator.nodes import HttpPoller, NodeAddress
@@ -141,12 +142,7 @@ def test_operator_reads_what_a_real_node_reports(
         assert popular["objectsTotal"] == popular["objectsDone"] == len(planned)
         assert popular["bytesTotal"] == sum(e.size for e in planned)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_process(proc)
 
 
 def test_unreachable_node_is_not_counted() -> None:

@@ -27,6 +27,7 @@ import pytest
 from cache_node.config import NodeConfig
 from edgefill_devenv.catalogue import object_bytes
 from edgefill_devenv.origin_proxy import OriginProxy
+from edgefill_devenv.procs import kill_process, stop_process
 from edgefill_devenv.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, free_port
 
 KiB = 1024
@@ -163,20 +164,11 @@ class Member:
             )
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(timeout=30)
+        kill_process(self.proc)
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        stop_process(self.proc)
         self.proc = None
 
     def held(self, key: str) -> dict[str, Any] | None:
