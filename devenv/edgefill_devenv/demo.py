@@ -258,6 +258,7 @@ def client_phase(
                 "p2pBytes": r.p2p_bytes,
                 "webSeedBytes": r.seed_bytes,
                 "peerEfficiency": r.peer_efficiency,
+                "trackerRefusals": r.tracker_refusals,
                 "errors": dict(r.errors),
             }
             for s, r in results.items()
@@ -331,7 +332,8 @@ def print_summary(report: dict[str, Any], nodes: list[Node], stack: Stack) -> No
             f"  peer assist: {data['peerAssistedRequests']} clients' objects, "
             f"{data['p2pBytes'] / 1e6:.1f} MB from other clients, "
             f"{data['webSeedBytes'] / 1e6:.1f} MB from the web seed, "
-            f"peer efficiency {data['peerEfficiency']:.1%}"
+            f"peer efficiency {data['peerEfficiency']:.1%}, "
+            f"announces refused by the tracker {data['trackerRefusals']}"
         )
         print(
             "  bytes by source:     "

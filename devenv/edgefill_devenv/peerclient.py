@@ -42,6 +42,10 @@ class PeerAssistError(Exception):
     pass
 
 
+class TrackerRefusedError(PeerAssistError):
+    """The tracker answered with a BEP 3 failure reason (e.g. its per-source rate limit)."""
+
+
 def _b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -76,6 +80,9 @@ class PeerStats:
     uploaded: int = 0
     bad_pieces: int = 0
     objects: int = 0
+    # Announces the tracker refused (BEP 3 failure reason, e.g. the per-source
+    # rate limit): playback goes on from the web seed, as real clients do.
+    tracker_failures: int = 0
 
 
 @dataclass
@@ -146,7 +153,7 @@ class PeerClient:
         if not isinstance(body, dict):
             raise PeerAssistError("tracker answered a non-dictionary")
         if b"failure reason" in body:
-            raise PeerAssistError(f"tracker: {body[b'failure reason']!r}")
+            raise TrackerRefusedError(f"tracker: {body[b'failure reason']!r}")
         peers = body.get(b"peers", b"")
         return [
             p
@@ -179,7 +186,7 @@ class PeerClient:
         infohash, size, piece = manifest["infoHash"], manifest["size"], manifest["pieceSize"]
         hashes: list[str] = manifest["pieces"]
         announce = manifest.get("announce") or f"{node}/announce"
-        peers = await self._announce(announce, manifest, "started", size, 0)
+        peers = await self._announce_or_none(announce, manifest, "started", size, 0)
         seed = manifest["urlList"][0]  # BEP 19: the object's own URL on the cache node
         parts: list[bytes] = []
         for index, digest in enumerate(hashes):
@@ -197,8 +204,22 @@ class PeerClient:
             self.pieces[(infohash, index)] = data
             parts.append(data)
         self.stats.objects += 1
-        await self._announce(announce, manifest, "completed", 0, size)
+        await self._announce_or_none(announce, manifest, "completed", 0, size)
         return b"".join(parts)
+
+    async def _announce_or_none(
+        self, url: str, manifest: dict[str, Any], event: str, left: int, downloaded: int
+    ) -> list[tuple[str, int]]:
+        """Announce; a tracker that refuses (failure reason) leaves the web seed alone.
+
+        A peer-assist client never fails playback because of its tracker: it
+        counts the refusal and takes every piece from the cache node instead.
+        """
+        try:
+            return await self._announce(url, manifest, event, left, downloaded)
+        except TrackerRefusedError:
+            self.stats.tracker_failures += 1
+            return []
 
     async def _from_peers(
         self, peers: list[tuple[str, int]], infohash: str, index: int, digest: str

@@ -50,6 +50,7 @@ class SiteResult:
     bytes: int = 0
     p2p_bytes: int = 0  # pieces peer-assisted clients took from other clients
     seed_bytes: int = 0  # pieces they took from the cache node (web seed)
+    tracker_refusals: int = 0  # announces the tracker refused; those fetches used the web seed
     errors: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -146,7 +147,7 @@ async def run_clients(
     async def peer_request(site: str, entry: CatalogueObject) -> None:
         res = results[site]
         peer = rng.choice(peers[site])
-        before = (peer.stats.p2p_bytes, peer.stats.seed_bytes)
+        before = (peer.stats.p2p_bytes, peer.stats.seed_bytes, peer.stats.tracker_failures)
         try:
             body = await peer.fetch([n.client_url for n in by_site[site]], entry.key)
         except (PeerAssistError, aiohttp.ClientError, TimeoutError) as exc:
@@ -160,6 +161,7 @@ async def run_clients(
         res.bytes += len(body)
         res.p2p_bytes += peer.stats.p2p_bytes - before[0]
         res.seed_bytes += peer.stats.seed_bytes - before[1]
+        res.tracker_refusals += peer.stats.tracker_failures - before[2]
 
     async def client(http: aiohttp.ClientSession) -> None:
         while not queue.empty():
