@@ -347,7 +347,7 @@ class Loader:
                 if fill.info is None or fill.writer is None:
                     fill.info = opened.info
                     fill.source = upstream.source
-                    fill.writer = self.store.begin(opened.info, fill.piece_size)
+                    fill.writer = self.store.begin(opened.info, fill.piece_size, pinned=fill.pinned)
                     fill._notify()
                 elif opened.info.size != fill.info.size or opened.info.etag != fill.info.etag:
                     # A source that ignored If-Match: treat as a change.

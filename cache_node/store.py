@@ -174,10 +174,15 @@ class Writer:
     descriptor after it is renamed on commit or unlinked on abort.
     """
 
-    def __init__(self, store: Store, info: ObjectInfo, piece_size: int, path: Path) -> None:
+    def __init__(
+        self, store: Store, info: ObjectInfo, piece_size: int, path: Path, *, pinned: bool = False
+    ) -> None:
         self.store = store
         self.info = info
         self.piece_size = piece_size
+        # Pre-positioned content may make room by evicting other pinned content;
+        # a dynamic (miss) fill never does.
+        self.pinned = pinned
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
         self.written = 0
@@ -426,18 +431,26 @@ class Store:
     def _reserve(self, writer: Writer) -> None:
         self._reservations[id(writer)] = writer.info.size
         self.stats.reserved_bytes += writer.info.size
-        self._make_room(0)
+        self._make_room(for_pinned=writer.pinned)
 
     def _release(self, writer: Writer) -> None:
         size = self._reservations.pop(id(writer), None)
         if size is not None:
             self.stats.reserved_bytes -= size
 
-    def _make_room(self, extra: int) -> None:
-        while self.stats.bytes + self.stats.reserved_bytes + extra > self.max_bytes:
+    def _make_room(self, *, for_pinned: bool) -> None:
+        """Evict until committed plus reserved bytes fit the budget.
+
+        Dynamic (miss-filled) content goes first. Pinned (pre-positioned)
+        content is evicted only to make room for pinned content: a dynamic miss
+        never evicts it. When no dynamic object is left to give, a dynamic fill
+        runs over the budget by its own reservation (bounded by the fills in
+        flight) and is evicted itself once committed: it is served, not kept.
+        """
+        while self.stats.bytes + self.stats.reserved_bytes > self.max_bytes:
             key = self._dynamic.victim()
             cls = "dynamic"
-            if key is None:
+            if key is None and for_pinned:
                 key = self._pinned.victim()
                 cls = "pinned"
             if key is None:
@@ -453,10 +466,16 @@ class Store:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def begin(self, info: ObjectInfo, piece_size: int | None = None) -> Writer:
-        """Start writing an object; reserves its size in the budget (may evict)."""
+    def begin(
+        self, info: ObjectInfo, piece_size: int | None = None, *, pinned: bool = False
+    ) -> Writer:
+        """Start writing an object; reserves its size in the budget (may evict).
+
+        ``pinned`` (a pre-positioning fill) lets the reservation evict other
+        pinned content once no dynamic content is left; a miss never does.
+        """
         path = self._tmp / f"{secrets.token_hex(12)}.part"
-        writer = Writer(self, info, piece_size or self.piece_size, path)
+        writer = Writer(self, info, piece_size or self.piece_size, path, pinned=pinned)
         self._reserve(writer)
         return writer
 
@@ -499,7 +518,7 @@ class Store:
         self._release(writer)
         entry = Entry(meta=meta, data_path=data_path, verified=True)
         self._add(entry)
-        self._make_room(0)
+        self._make_room(for_pinned=meta.pinned)
         return entry
 
     # --- verification -----------------------------------------------------------------------

@@ -127,11 +127,39 @@ async def test_budget_evicts_dynamic_before_pinned(tmp_path: Path, policy: str) 
     assert "pinned/1" in store
     assert "pinned/2" in store
     assert store.stats.evictions == {"dynamic": 1, "pinned": 0}
-    await _put(store, "dyn/3", 60_000)  # no dynamic left to give: pinned goes last
+    # No dynamic object is left to give: a miss never evicts pinned content; it is
+    # served (cut-through) and not kept.
+    await _put(store, "dyn/3", 60_000)
     assert store.stats.bytes <= 100_000
-    assert "dyn/3" in store
+    assert "dyn/3" not in store
+    assert "pinned/1" in store
+    assert "pinned/2" in store
+    assert store.stats.evictions["pinned"] == 0
+    # Pre-positioned content makes room among pinned content once nothing dynamic is left.
+    await _put(store, "pinned/3", 60_000, pinned=True)
+    assert store.stats.bytes <= 100_000
+    assert "pinned/3" in store
     assert store.stats.evictions["pinned"] >= 1
     assert store.by_content_set()["ns/set"][0] == sum(1 for k in store if k.startswith("pinned"))
+
+
+async def test_misses_in_flight_never_evict_pinned_content(tmp_path: Path) -> None:
+    """Dynamic fills whose commits have not landed yet hold reservations, not victims:
+    the next miss runs over the budget by its own reservation instead of evicting
+    pre-positioned objects, and the budget holds again once the fills commit."""
+    store = _store(tmp_path, max_bytes=100_000)
+    await _put(store, "pinned/1", 40_000, pinned=True)
+    await _put(store, "pinned/2", 40_000, pinned=True)
+    writers = [store.begin(_info(f"dyn/{i}", 16_000)) for i in range(3)]  # 48 KB in flight
+    assert store.stats.evictions["pinned"] == 0
+    assert "pinned/1" in store
+    assert "pinned/2" in store
+    for i, writer in enumerate(writers):
+        writer.write(_data(f"dyn/{i}", 16_000))
+        await writer.commit()
+    assert store.stats.evictions["pinned"] == 0
+    assert store.stats.bytes <= 100_000
+    assert store.stats.reserved_bytes == 0
 
 
 async def test_replacing_an_object_keeps_accounting_exact(tmp_path: Path) -> None:
