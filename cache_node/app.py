@@ -188,6 +188,8 @@ def _apply_config(node: Node, new: NodeConfig) -> None:
     node.config = new
     if node.peering is not None:
         node.peering.update(new.peering, read_secret(new.peering.secret_file))
+    for listener in node.on_config_reload:
+        listener(new)
     log.info("config_reloaded", members=sorted(m.name for m in new.peering.members))
 
 

@@ -114,6 +114,9 @@ class Node:
     started_at: float = field(default_factory=time.time)
     # Set by pre-positioning (cache_node.prepos): per-ContentSet progress for /status.
     fill_report: Callable[[], dict[str, Any]] | None = None
+    # Called with the new configuration after a live reload (cache_node.app), e.g. the
+    # tracker's settings; a restart-only section keeps its running value.
+    on_config_reload: list[Callable[[NodeConfig], None]] = field(default_factory=list)
 
     @property
     def site(self) -> str:

@@ -9,10 +9,8 @@ both adapters look them up on each call through the app's ``NODE`` key.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -29,7 +27,6 @@ from cache_node.tracker.service import FillUnavailableError, OpenGate, TokenGate
 from cache_node.tracker.views import TRACKER
 
 _DERIVED = "tracker.piece_info"
-CONFIG_FOLLOW_SECONDS = 1.0
 
 
 class StorePieceHashes:
@@ -162,26 +159,7 @@ def extension(
             membership=NodeMembership(app, node_name),
             filler=LoaderFiller(app),
         )
-        if TRACKER in app:
-            app.cleanup_ctx.append(_follow_config)
+        if TRACKER in app:  # reloaded configuration (a re-rendered ConfigMap) reaches it live
+            app[NODE].on_config_reload.append(app[TRACKER].reconfigure)
 
     return install
-
-
-async def _follow_config(app: web.Application) -> AsyncIterator[None]:
-    """Hand the node's reloaded configuration (a re-rendered ConfigMap) to the tracker."""
-
-    async def follow() -> None:
-        seen = app[NODE].config
-        while True:
-            await asyncio.sleep(CONFIG_FOLLOW_SECONDS)
-            current = app[NODE].config
-            if current is not seen:
-                seen = current
-                app[TRACKER].reconfigure(current)
-
-    task = asyncio.create_task(follow(), name="tracker-config")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
