@@ -90,6 +90,29 @@ class Cluster:
             )
         return proc
 
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Wait until each CRD reports Established=True.
+
+        Polls the condition instead of ``kubectl wait``, which fails at once
+        (``.status.conditions accessor error``) when it reads a CRD whose
+        status has no conditions yet, right after the apply.
+        """
+        deadline = time.monotonic() + timeout
+        for crd in crds:
+            while True:
+                proc = self.kubectl(
+                    "get",
+                    f"crd/{crd}",
+                    "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                    check=False,
+                )
+                if proc.returncode == 0 and proc.stdout.strip() == "True":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"CRD {crd} not Established after {timeout}s")
+                time.sleep(0.2)
+
 
 # --- binaries ----------------------------------------------------------------
 

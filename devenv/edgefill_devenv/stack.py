@@ -95,10 +95,7 @@ class Stack:
             "-f",
             str(CRDS),
         )
-        for crd in ("edgesites.edgefill.io", "contentsets.edgefill.io"):
-            self.cluster.kubectl(
-                "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s"
-            )
+        self.cluster.wait_established("edgesites.edgefill.io", "contentsets.edgefill.io")
 
     def apply_examples(self) -> list[dict[str, Any]]:
         ns = self.namespace

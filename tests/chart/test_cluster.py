@@ -125,12 +125,7 @@ def test_rendered_manifests_pass_server_side_dry_run(
             if custom:
                 # Objects of the chart's own CRDs can only be checked once those exist.
                 chart_cluster.kubectl("apply", "--server-side", "-f", "-", input=_dump(crds))
-                chart_cluster.kubectl(
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    *[f"crd/{c['metadata']['name']}" for c in crds],
-                )
+                chart_cluster.wait_established(*[c["metadata"]["name"] for c in crds])
                 out = _dry_run(chart_cluster, custom)
                 for d in custom:
                     assert f"/{d['metadata']['name']} serverside-applied (server dry run)" in out
@@ -455,12 +450,7 @@ def test_kind_rewritten_examples_are_valid(
     with _namespaces(chart_cluster, ns):
         try:
             chart_cluster.kubectl("apply", "--server-side", "-f", "-", input=_dump(crds))
-            chart_cluster.kubectl(
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                *[f"crd/{n}" for n in EDGEFILL_CRDS],
-            )
+            chart_cluster.wait_established(*EDGEFILL_CRDS)
             applied = chart_cluster.kubectl(
                 "apply", "-n", ns, "--dry-run=server", "-f", str(out), check=False
             )

@@ -83,12 +83,7 @@ def namespace(k8s_cluster: Cluster) -> Iterator[str]:
 
 def test_crd_installs_and_custom_object_reads_back(k8s_cluster: Cluster, namespace: str) -> None:
     k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(WIDGET_CRD))
-    k8s_cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/widgets.foundation.edgefill.io",
-        "--timeout=60s",
-    )
+    k8s_cluster.wait_established("widgets.foundation.edgefill.io")
     widget = {
         "apiVersion": "foundation.edgefill.io/v1",
         "kind": "Widget",

@@ -198,8 +198,7 @@ def crds(k8s_cluster: Any) -> Any:
         "-f",
         str(CRDS),
     )
-    for name in CRD_NAMES:
-        k8s_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    k8s_cluster.wait_established(*CRD_NAMES)
     wait_for("the copies admission policy to resolve EdgeSite", lambda: _policy_ready(k8s_cluster))
     return k8s_cluster
 
