@@ -36,6 +36,8 @@ progress. Dynamic (miss-filled) objects are evicted before pinned
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -52,6 +54,7 @@ from cache_node.eviction import Policy, PolicyName, make_policy
 
 META_VERSION = 1
 CLEAN_MARK = "CLEAN"
+HASH_READ = 4 * 1024 * 1024  # bytes per read when hashing a piece back from the file
 
 
 class StoreError(Exception):
@@ -154,6 +157,36 @@ class StoreStats:
     discarded_files: int = 0
 
 
+# Piece hashing off the event loop (see Writer). pread and SHA-256 of a piece release
+# the GIL, so two threads hash while the loop receives and writes the next chunks.
+_HASHING = concurrent.futures.ThreadPoolExecutor(
+    max_workers=2, thread_name_prefix="edgefill-piece-hash"
+)
+
+
+def _hash_range(fd: int, offset: int, length: int) -> str:
+    """SHA-256 of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup)."""
+    try:
+        digest = hashlib.sha256()
+        while length:
+            data = os.pread(fd, min(length, HASH_READ), offset)
+            if not data:
+                raise StoreError(f"file ended {length} bytes early while hashing a piece")
+            digest.update(data)
+            offset += len(data)
+            length -= len(data)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _piece_hash(future: concurrent.futures.Future[str], key: str) -> str:
+    try:
+        return future.result()
+    except OSError as exc:
+        raise StoreError(f"{key}: hashing a piece failed: {exc}") from exc
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -167,11 +200,19 @@ def key_digest(key: str) -> str:
 
 
 class Writer:
-    """A fill in progress: bytes go to a temp file while piece hashes accumulate.
+    """A fill in progress: bytes go to a temp file; each piece is hashed once it is whole.
 
     Readers of a fill in progress (cut-through) open :attr:`path` themselves and
     read up to :attr:`written`; the file stays readable through their open
     descriptor after it is renamed on commit or unlinked on abort.
+
+    :meth:`write` writes on the caller's thread, so :attr:`written` bytes are
+    always in the file. Hashing runs in worker threads (:data:`_HASHING`): when a
+    chunk completes a piece (or the last, short piece), the piece is read back
+    from the page cache and hashed there, off the event loop; SHA-256 was the
+    biggest cost of a fill on the loop's thread. :meth:`hashed_pieces` is the
+    prefix of piece hashes known so far, :meth:`hashes_through` waits for a
+    prefix, and :meth:`commit` waits for all of them.
     """
 
     def __init__(
@@ -187,9 +228,9 @@ class Writer:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
         self.written = 0
         self.final_path: Path | None = None  # set just before the commit renames the file
-        self._hashes: list[str] = []
-        self._piece = hashlib.sha256()
-        self._piece_fill = 0
+        self._hashes: list[str] = []  # the known prefix of piece hashes
+        self._pending: collections.deque[concurrent.futures.Future[str]] = collections.deque()
+        self._submitted = 0  # bytes handed to hashing (whole pieces, then the short last one)
         self._closed = False
 
     def write(self, chunk: bytes | memoryview) -> None:
@@ -197,18 +238,20 @@ class Writer:
             raise IncompleteBodyError(
                 f"{self.info.key}: body longer than the announced {self.info.size} bytes"
             )
-        view = memoryview(chunk)
-        os.pwrite(self._fd, view, self.written)
-        self.written += len(view)
+        view = memoryview(chunk).cast("B")
         while view:
-            take = min(len(view), self.piece_size - self._piece_fill)
-            self._piece.update(view[:take])
-            self._piece_fill += take
-            view = view[take:]
-            if self._piece_fill == self.piece_size:
-                self._hashes.append(self._piece.hexdigest())
-                self._piece = hashlib.sha256()
-                self._piece_fill = 0
+            n = os.pwrite(self._fd, view, self.written)
+            self.written += n
+            view = view[n:]
+        piece = self.piece_size
+        while self.written - self._submitted >= piece or (
+            self.written == self.info.size and self._submitted < self.written
+        ):
+            length = min(piece, self.written - self._submitted)
+            # A descriptor of its own: the job outlives an abort or a reset of this writer.
+            fd = os.dup(self._fd)
+            self._pending.append(_HASHING.submit(_hash_range, fd, self._submitted, length))
+            self._submitted += length
 
     def reset(self, info: ObjectInfo) -> None:
         """Start again from byte zero (the origin's object changed: 412 on resume)."""
@@ -216,24 +259,45 @@ class Writer:
         os.ftruncate(self._fd, 0)
         self.written = 0
         self._hashes = []
-        self._piece = hashlib.sha256()
-        self._piece_fill = 0
+        self._pending = collections.deque()  # jobs still running hash bytes nobody wants
+        self._submitted = 0
+
+    def hashed_pieces(self) -> tuple[str, ...]:
+        """The hashes of the leading pieces hashed so far (whole pieces, or all at the end)."""
+        pending = self._pending
+        while pending and pending[0].done():
+            self._hashes.append(_piece_hash(pending.popleft(), self.info.key))
+        return tuple(self._hashes)
+
+    async def hashes_through(self, offset: int) -> tuple[str, ...]:
+        """Wait until every piece that ends at or before ``offset`` is hashed; the prefix."""
+        while True:
+            pending = self._pending
+            index = len(self._hashes)
+            if not pending or min((index + 1) * self.piece_size, self.info.size) > offset:
+                return self.hashed_pieces()
+            future = pending[0]
+            if not future.done():
+                # Shielded: a cancelled waiter must not cancel a job that owns a descriptor.
+                await asyncio.shield(asyncio.wrap_future(future))
+                continue  # look again: the writer may have been reset meanwhile
+            self._hashes.append(_piece_hash(pending.popleft(), self.info.key))
 
     def piece_hashes(self) -> tuple[str, ...]:
-        hashes = list(self._hashes)
-        if self._piece_fill:
-            hashes.append(self._piece.hexdigest())
-        return tuple(hashes)
+        """The hashes of every complete piece (blocks until they are hashed; sync callers)."""
+        concurrent.futures.wait(list(self._pending))
+        return self.hashed_pieces()
 
     async def commit(self, *, pinned: bool = False, content_set: str | None = None) -> Entry:
         if self.written != self.info.size:
             raise IncompleteBodyError(
                 f"{self.info.key}: got {self.written} of {self.info.size} bytes"
             )
+        hashes = await self.hashes_through(self.info.size + self.piece_size)
         meta = ObjectMeta(
             info=self.info,
             piece_size=self.piece_size,
-            piece_hashes=self.piece_hashes(),
+            piece_hashes=hashes,
             stored_at=time.time(),
             pinned=pinned,
             content_set=content_set,

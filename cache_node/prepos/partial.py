@@ -10,8 +10,11 @@ under ``<store>/prepos/partial/``:
   wipe of ``tmp/`` after a crash;
 * ``<sha256(key)>.journal`` - a JSON header line (key, size, ETag, piece
   size, validators) followed by the SHA-256 of each *complete* piece, one
-  hex digest per line, appended as each piece completes. The digests are the
-  store writer's own piece hashes: nothing is hashed twice.
+  hex digest per line, appended as each piece is hashed. The digests are the
+  store writer's own piece hashes: nothing is hashed twice. The store hashes
+  a piece in a worker thread once it is whole; the fill (see
+  :class:`cache_node.prepos.sources.PartialTracker`) journals it before it
+  writes a byte of the next piece, so the bound below holds.
 
 Nothing is fsynced on the hot path: on resume every journaled piece is
 re-hashed against the ``.part`` file and only the prefix of pieces that
@@ -48,13 +51,6 @@ class Resume:
     data_path: Path
 
 
-def _complete_pieces(writer: Writer) -> int:
-    """Pieces of ``writer`` whose bytes are all written (the short last one at the end)."""
-    if writer.written >= writer.info.size:
-        return -(-writer.info.size // writer.piece_size)
-    return writer.written // writer.piece_size
-
-
 class Journal:
     """Journals the pieces one store writer completes (its ``.part`` is linked to it)."""
 
@@ -78,10 +74,11 @@ class Journal:
         The journal is opened per append (once per piece, not per chunk), so no
         descriptor outlives a fill that ends in another task's hands.
         """
-        complete = _complete_pieces(self.writer)
+        known = self.writer.hashed_pieces()
+        complete = len(known)
         if complete <= self.pieces:
             return
-        hashes = self.writer.piece_hashes()[self.pieces : complete]
+        hashes = known[self.pieces : complete]
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, b"".join(h.encode() + b"\n" for h in hashes))
@@ -111,10 +108,11 @@ class Partials:
         link = data.with_name(f"{data.name}.{token}.tmp")
         os.link(writer.path, link)
         link.replace(data)
-        pieces = _complete_pieces(writer)
+        known = writer.hashed_pieces()
+        pieces = len(known)
         header = {"info": asdict(writer.info), "pieceSize": writer.piece_size}
         lines = [json.dumps(header, separators=(",", ":")).encode()]
-        lines += [h.encode() for h in writer.piece_hashes()[:pieces]]
+        lines += [h.encode() for h in known]
         tmp = journal.with_name(f"{journal.name}.{token}.tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n")
         tmp.replace(journal)

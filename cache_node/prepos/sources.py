@@ -101,7 +101,25 @@ class PartialTracker:
         self._journal: Journal | None = None
         self._failed = False
 
-    def sync(self) -> None:
+    def split(self, chunk: bytes) -> list[bytes]:
+        """``chunk`` cut at the piece boundaries of the writer (see :meth:`sync`)."""
+        writer = self._writer()
+        if self._failed or writer is None or writer.info.size <= writer.piece_size:
+            return [chunk]
+        into = writer.written % writer.piece_size
+        if into + len(chunk) <= writer.piece_size:
+            return [chunk]
+        first = writer.piece_size - into
+        step = writer.piece_size
+        return [chunk[:first]] + [chunk[at : at + step] for at in range(first, len(chunk), step)]
+
+    async def sync(self) -> None:
+        """Journal every piece the writer completed (waits for their hashes).
+
+        Called after each part of :meth:`split` is written, so a piece is journaled
+        before a byte of the next one is written: after a crash at most the piece
+        in flight is fetched again.
+        """
         if self._failed:
             return
         writer = self._writer()
@@ -115,6 +133,9 @@ class PartialTracker:
                 self._failed = True  # no partial: a restart refetches this object whole
                 log.warning("prepos_partial_unavailable", key=writer.info.key, error=str(exc))
                 return
+        await writer.hashes_through(writer.written)
+        if self._journal is not journal or not journal.follows(writer):
+            return  # reset while the hashes landed: the next call tracks it afresh
         try:
             journal.sync()
         except OSError as exc:
@@ -148,13 +169,14 @@ class _MeteredBody:
         if self._inner is None:
             return
         tracker, bucket, on_bytes = self._tracker, self._bucket, self._on_bytes
-        tracker.sync()
+        await tracker.sync()
         async for chunk in self._inner.chunks():
             size = len(chunk)
             await bucket.take(size)
             on_bytes(self._source, size)
-            yield chunk
-            tracker.sync()
+            for part in tracker.split(chunk):
+                yield part
+                await tracker.sync()
 
     async def release(self) -> None:
         if self._inner is not None:

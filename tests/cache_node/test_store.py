@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
 import pytest
 
+from cache_node import store as store_module
 from cache_node.store import IncompleteBodyError, ObjectInfo, Store, key_digest
 
 PIECE = 16 * 1024
@@ -51,6 +53,51 @@ async def test_commit_records_piece_hashes_and_survives_a_clean_restart(tmp_path
     assert entry is not None
     assert entry.verified
     assert entry.data_path.read_bytes() == data
+
+
+def _open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+async def test_pieces_hashed_in_worker_threads_match_the_bytes_across_a_reset(
+    tmp_path: Path,
+) -> None:
+    """Whole pieces are hashed off the loop as they complete; a reset (the origin's
+    object changed mid-fill) drops the hashes of the old bytes, jobs in flight too."""
+    store = _store(tmp_path)
+    old = _data("old", 5 * PIECE + 77)
+    writer = store.begin(_info("vod/r", len(old)))
+    for i in range(0, 3 * PIECE + 100, 7777):  # chunks that straddle piece boundaries
+        writer.write(old[i : min(i + 7777, 3 * PIECE + 100)])
+    prefix = await writer.hashes_through(2 * PIECE)
+    assert list(prefix[:2]) == [hashlib.sha256(old[i : i + PIECE]).hexdigest() for i in (0, PIECE)]
+    new = _data("new", 4 * PIECE + 5)
+    store.resize(writer, _info("vod/r", len(new)))
+    for i in range(0, len(new), 9999):
+        writer.write(new[i : i + 9999])
+    entry = await writer.commit()
+    assert list(entry.meta.piece_hashes) == [
+        hashlib.sha256(new[i : i + PIECE]).hexdigest() for i in range(0, len(new), PIECE)
+    ]
+    assert entry.data_path.read_bytes() == new
+    assert store.get("vod/r") is not None
+
+
+async def test_an_aborted_fill_leaves_no_descriptor_behind(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    before = _open_fds()
+    for n in range(5):
+        data = _data(f"k{n}", 8 * PIECE)
+        writer = store.begin(_info(f"vod/k{n}", len(data)))
+        writer.write(data[: 6 * PIECE])  # six hash jobs, each with its own descriptor
+        writer.abort()
+    # The jobs finish on their own descriptors and close them.
+    store_module._HASHING.submit(lambda: None).result()
+    for _ in range(200):
+        if _open_fds() <= before:
+            break
+        await asyncio.sleep(0.01)
+    assert _open_fds() <= before
 
 
 async def test_unclean_restart_verifies_and_drops_corrupt_objects(tmp_path: Path) -> None:

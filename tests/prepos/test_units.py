@@ -11,6 +11,7 @@ import pytest
 from cache_node.prepos.catalogue import CatalogueError, Item, parse_manifest
 from cache_node.prepos.partial import Partials
 from cache_node.prepos.plan import Task, holders, ordered, owned, owns
+from cache_node.prepos.sources import PartialTracker
 from cache_node.prepos.throttle import TokenBucket, WindowBudget
 from cache_node.ring import owners
 from cache_node.store import ObjectInfo, Store, Writer
@@ -208,6 +209,7 @@ def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -
     writer = _writer(tmp_path, _info("a/b", data), 1024)
     journal = partials.track(writer)
     writer.write(data[:3000])  # pieces 0 and 1 complete, piece 2 in flight
+    writer.piece_hashes()  # the store hashes whole pieces in worker threads: wait for them
     journal.sync()
     # The partial is the writer's own file under a second name: written once.
     assert _part(tmp_path, "a/b").stat().st_ino == writer.path.stat().st_ino
@@ -223,6 +225,7 @@ def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -
     journal = partials.track(again)
     assert journal.pieces == 2
     again.write(data[2048:])
+    again.piece_hashes()
     journal.sync()
     done = partials.load("a/b")
     assert done is not None
@@ -232,6 +235,34 @@ def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -
     partials.drop("a/b")
     assert partials.load("a/b") is None
     assert partials.held_keys() == []
+
+
+async def test_a_fill_journals_each_piece_before_writing_the_next(tmp_path: Path) -> None:
+    """The loader's view of a pre-positioning fill: parts of :meth:`PartialTracker.split`,
+    each written then synced. Whatever instant a crash hits, the bytes written but not
+    journaled stay within one piece (the issue's resume bound), though the store hashes
+    pieces in worker threads."""
+    partials = Partials(tmp_path / "store" / "prepos" / "partial")
+    data = bytes(range(256)) * 40 + b"tail"  # 10244 bytes, pieces of 1024
+    writer = _writer(tmp_path, _info("a/c", data), 1024)
+    tracker = PartialTracker(partials, lambda: writer)
+    await tracker.sync()
+    journal = partials.root / (hashlib.sha256(b"a/c").hexdigest() + ".journal")
+    worst = 0
+    for at in range(0, len(data), 2500):  # chunks larger than a piece, across boundaries
+        for part in tracker.split(data[at : at + 2500]):
+            assert len(part) <= 1024
+            writer.write(part)
+            journaled = len(journal.read_bytes().splitlines()) - 1
+            worst = max(worst, writer.written - journaled * 1024)
+            await tracker.sync()
+    assert worst <= 1024
+    assert len(journal.read_bytes().splitlines()) - 1 == 11  # every piece, the short one too
+    entry = await writer.commit()
+    assert entry.data_path.read_bytes() == data
+    resume = partials.load("a/c")
+    assert resume is not None
+    assert resume.verified_bytes == len(data)
 
 
 def test_a_reset_writer_is_not_followed_by_its_old_journal(tmp_path: Path) -> None:
@@ -251,6 +282,7 @@ def test_partial_with_a_corrupt_piece_keeps_only_the_prefix_before_it(tmp_path: 
     writer = _writer(tmp_path, _info("k", data), 1024)
     journal = partials.track(writer)
     writer.write(data)
+    writer.piece_hashes()
     journal.sync()
     writer.abort()
     part = _part(tmp_path, "k")
