@@ -29,8 +29,9 @@ import structlog
 from aiohttp import web
 
 from cache_node import logs
-from cache_node.app import Apps, create_apps
+from cache_node.app import Apps, create_apps, fast_lane
 from cache_node.config import NodeConfig, load
+from cache_node.fastlane import make_runner
 from cache_node.prepos.scheduler import install as prepos_install
 from cache_node.tracker.wiring import extension as tracker_extension
 
@@ -116,8 +117,10 @@ async def serve(apps: Apps, stop: asyncio.Event) -> None:
             (apps.client, cfg.listen.client_port),
             (apps.peer, cfg.listen.peer_port),
         ):
-            runner = web.AppRunner(
+            runner = make_runner(
                 app,
+                # The client port's fast lane for plain in-memory hits (cache_node.fastlane).
+                (fast_lane(apps) if app is apps.client else None),
                 access_log=None,
                 keepalive_timeout=cfg.serving.keepalive_timeout_seconds,
                 handle_signals=False,

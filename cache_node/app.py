@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from aiohttp import web
 from cache_node import ops, peer_views, serve
 from cache_node.appkeys import NODE
 from cache_node.config import NodeConfig, load
+from cache_node.fastlane import Answer, routed_elsewhere
 from cache_node.loader import Loader, RetryPolicy
 from cache_node.node import KeyRing, MemoryTier, Node
 from cache_node.origin import S3Origin
@@ -230,3 +232,13 @@ def create_apps(
     metrics.router.add_get("/readyz", ops.readyz)
     metrics.router.add_get("/status", ops.status)
     return Apps(node=node, client=client, peer=peer, metrics=metrics)
+
+
+def fast_lane(apps: Apps) -> Answer:
+    """The client port's fast-lane answer (:mod:`cache_node.fastlane`) for ``apps``.
+
+    Call it once every extension has added its routes: paths the client app routes
+    elsewhere (the tracker's, for one) are left to the router.
+    """
+    claimed = routed_elsewhere(apps.client, serve.handle_object)
+    return functools.partial(serve.fast_answer, apps.node, claimed)

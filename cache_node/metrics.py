@@ -28,11 +28,13 @@ SOURCES = ("hit", "peer", "parent", "origin")
 
 
 class Traffic(Collector):
-    """``edgefill_requests_total{result}`` and ``edgefill_served_bytes_total{source}``."""
+    """``edgefill_requests_total{result}``, ``edgefill_served_bytes_total{source}`` and
+    ``edgefill_fast_lane_responses_total``."""
 
     def __init__(self) -> None:
         self.requests: dict[str, int] = dict.fromkeys(RESULTS, 0)
         self.bytes: dict[str, int] = dict.fromkeys(SOURCES, 0)
+        self.fast_lane = 0
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
@@ -51,6 +53,13 @@ class Traffic(Collector):
         for source, count in self.bytes.items():
             served.add_metric([source], count)
         yield served
+        yield CounterMetricFamily(
+            "edgefill_fast_lane_responses",
+            "Hits answered by the client port's fast lane (plain GET/HEAD of an object held "
+            "in memory), without aiohttp's request handling; also counted in "
+            'edgefill_requests_total{result="hit"}.',
+            value=self.fast_lane,
+        )
 
 
 class _StoreCollector(Collector):

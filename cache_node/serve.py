@@ -18,6 +18,11 @@ bodies are ``text/plain`` with a reason a person can act on. A definitive 404
 from the origin is remembered for ``serving.notFoundTtlSeconds`` (see
 :class:`cache_node.loader.NegativeCache`) and says so in ``Cache-Control``.
 
+Plain hits of objects held in memory are answered before aiohttp's request
+handling by the fast lane (:mod:`cache_node.fastlane` calls :func:`fast_answer`),
+with the same bytes as :func:`handle_object` would send; everything else comes
+here.
+
 The hit path is the hot path: everything that depends only on the stored
 object (headers, validators, the plain 200 plan) is formatted once per entry
 and kept in ``Entry.derived``; a request without Range or conditional headers
@@ -28,6 +33,7 @@ miss.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +41,8 @@ from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDict
 
 from cache_node.appkeys import NODE
@@ -82,7 +90,14 @@ class _EntryForm:
     ``CIMultiDict``, which aiohttp copies in C instead of rebuilding it per request.
     """
 
-    __slots__ = ("body_headers", "cache_control", "full_headers", "headers", "validators")
+    __slots__ = (
+        "body_headers",
+        "cache_control",
+        "full_headers",
+        "headers",
+        "validators",
+        "wire_head",
+    )
 
     def __init__(self, entry: Entry, default_cc: str) -> None:
         info = entry.meta.info
@@ -95,6 +110,17 @@ class _EntryForm:
         self.full_headers: CIMultiDict[str] = CIMultiDict(self.body_headers)
         self.full_headers["Content-Length"] = str(info.size)
         self.validators = validators(info)
+        self.wire_head = _wire_head(self.full_headers)
+
+
+def _wire_head(headers: CIMultiDict[str]) -> bytes | None:
+    """The plain 200's status line and headers as sent, but ``Date``, ``Age`` and the
+    blank line (added per request), for the fast lane; ``None`` when a value has a
+    line break (left to aiohttp, which refuses to send it)."""
+    fields = [*headers.items(), ("Server", SERVER_SOFTWARE)]
+    if any("\r" in value or "\n" in value for _, value in fields):
+        return None
+    return ("HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)).encode()
 
 
 def _entry_form(entry: Entry, default_cc: str) -> _EntryForm:
@@ -177,6 +203,93 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     if peering is None:
         return await serve_key(request, node, key, ())
     return await serve_key(request, node, key, lambda: peering.chain(key, Hop()))
+
+
+_HTTP11 = HttpVersion11
+
+
+class _DateLine:
+    """``Date: ...`` and CRLF for the current second (RFC 9110 §6.6.1), formatted once a second."""
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.line = b""
+
+    def __call__(self, now: float) -> bytes:
+        second = int(now)
+        if second != self.second:
+            self.line = f"Date: {email.utils.formatdate(second, usegmt=True)}\r\n".encode()
+            self.second = second
+        return self.line
+
+
+_date = _DateLine()
+
+
+def fast_answer(
+    node: Node, routed_elsewhere: Callable[[str], bool], message: RawRequestMessage
+) -> bytes | None:
+    """The complete response to a plain hit held in memory, or ``None`` for the full path.
+
+    The client port's fast lane (:mod:`cache_node.fastlane`) calls this for each
+    parsed request on an idle connection. It answers only what
+    :func:`handle_object` would answer with a plain 200 (or its HEAD) from the
+    in-memory tier, with the same bytes of headers and body, the same token
+    check and the same counters: a GET or HEAD in HTTP/1.1, origin-form target
+    that no other route of the client app may claim (``routed_elsewhere``, e.g.
+    the tracker's ``/announce``), no Range or conditional header, a valid token
+    (when tokens are on), a verified entry whose bytes are in memory. Everything
+    else (including every error) is ``None``, so the full path answers it, with
+    its reasons.
+    """
+    method = message.method
+    if (method != "GET" and method != "HEAD") or message.version != _HTTP11:
+        return None
+    if message.should_close or message.upgrade or message.chunked:
+        return None
+    memory, store = node.memory, node.store
+    if memory is None or store is None or not node.ready:
+        return None
+    raw = message.path
+    if not raw.startswith("/"):
+        return None
+    headers = message.headers
+    for name in _PLAN_HEADERS:
+        if name in headers:
+            return None
+    try:
+        key = normalise(raw)
+    except KeyRejectedError:
+        return None
+    if routed_elsewhere(raw.partition("?")[0]) or routed_elsewhere("/" + key):
+        return None
+    cfg = node.config
+    if cfg.tokens.enabled:
+        tcfg = cfg.tokens
+        token = message.url.query.get(tcfg.query_param) or headers.get(tcfg.header)
+        try:
+            verify(token, key, node.keyring.keys, time.time(), tcfg.clock_skew_seconds)
+        except TokenRejectedError:
+            return None
+    entry = store.peek(key)
+    if entry is None or not entry.verified or not memory.eligible(entry):
+        return None
+    data = memory.get(entry)
+    if data is None:
+        return None
+    head = _entry_form(entry, cfg.serving.cache_control).wire_head
+    if head is None:
+        return None
+    store.get(key)  # the access, for eviction (the full path's lookup does the same)
+    now = time.time()
+    age = b"Age: %d\r\n\r\n" % max(0, int(now - entry.meta.stored_at))
+    traffic = node.metrics.traffic
+    traffic.requests["hit"] += 1
+    traffic.fast_lane += 1
+    if method == "HEAD":
+        return b"".join((head, _date(now), age))
+    traffic.bytes["hit"] += len(data)
+    return b"".join((head, _date(now), age, data))
 
 
 async def serve_key(

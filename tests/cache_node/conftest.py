@@ -20,8 +20,9 @@ import boto3
 import pytest
 from aiohttp import web
 
-from cache_node.app import Apps, create_apps
+from cache_node.app import Apps, create_apps, fast_lane
 from cache_node.config import NodeConfig
+from cache_node.fastlane import make_runner
 from edgefill_devenv.catalogue import object_bytes
 from edgefill_devenv.origin_proxy import OriginProxy
 from edgefill_devenv.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server
@@ -144,6 +145,12 @@ class LiveNode:
         return self.apps.node.store
 
 
+def _runner(apps: Apps, app: web.Application) -> web.AppRunner:
+    """As ``python -m cache_node`` runs them: the client port with its fast lane."""
+    answer = fast_lane(apps) if app is apps.client else None
+    return make_runner(app, answer, access_log=None)
+
+
 @asynccontextmanager
 async def live_node(config: NodeConfig, name: str = "node-0") -> AsyncIterator[LiveNode]:
     """The node's client and metrics apps on ephemeral loopback ports, ready to serve."""
@@ -152,7 +159,7 @@ async def live_node(config: NodeConfig, name: str = "node-0") -> AsyncIterator[L
     urls: list[str] = []
     try:
         for app in (apps.client, apps.metrics):
-            runner = web.AppRunner(app, access_log=None)
+            runner = _runner(apps, app)
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -278,7 +285,7 @@ async def live_sites(
                 for app, sock in zip(
                     (apps.client, apps.peer, apps.metrics), socks[(site, i)], strict=True
                 ):
-                    runner = web.AppRunner(app, access_log=None)
+                    runner = _runner(apps, app)
                     await runner.setup()
                     runners.append(runner)
                     await web.SockSite(runner, sock).start()
