@@ -135,7 +135,9 @@ class Fill:
         self.piece_size: int | None = None
         self.pinned = False
         self.content_set: str | None = None
-        self._changed = asyncio.Event()
+        self.body_in = False  # every byte of the body is written; the commit follows
+        self._changed = asyncio.Event()  # set (and replaced) on every change, chunks too
+        self._milestone = asyncio.Event()  # set once the body is in, or the fill ended
 
     @classmethod
     def not_found(cls, key: str) -> Fill:
@@ -152,6 +154,18 @@ class Fill:
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+
+    async def wait_body(self) -> None:
+        """Until the whole body is written (:attr:`body_in`) or the fill ended; unlike
+        :meth:`wait_bytes`, a waiter here is not woken for every chunk."""
+        await self._milestone.wait()
+
+    async def wait_done(self) -> None:
+        """Until the fill ended (committed, failed or not found)."""
+        while not self.done:
+            await self._milestone.wait()
+            if not self.done:
+                await self._changed.wait()
 
     async def wait_info(self) -> tuple[ObjectInfo, Writer, int]:
         """Wait until headers arrived; returns validators, the writer and the epoch."""
@@ -292,6 +306,7 @@ class Loader:
                 self.negative.add(fill.key, time.monotonic(), self._not_found_ttl())
             fill.done = True
             self._fills.pop(fill.key, None)
+            fill._milestone.set()
             fill._notify()
 
     async def _open(
@@ -361,6 +376,8 @@ class Loader:
                     raise UpstreamError(
                         f"{fill.key}: body ended at {writer.written} of {writer.info.size} bytes"
                     )
+                fill.body_in = True
+                fill._milestone.set()
             except UpstreamError as exc:
                 attempt += 1
                 if attempt >= self.retry.max_attempts:

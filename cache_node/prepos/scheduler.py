@@ -608,19 +608,12 @@ async def _wait(fill: Fill, on_body: Callable[[], None] | None = None) -> Entry:
     """Wait for a loader fill to finish; its committed entry or its error.
 
     ``on_body`` runs once, when the whole body is written (the commit follows).
+    Neither wait wakes for each chunk: a pre-positioning fill has nobody reading it.
     """
-    while not fill.done:
-        try:
-            info, _, epoch = await fill.wait_info()
-            written = 0
-            while not fill.done:
-                written = await fill.wait_bytes(written, epoch)
-                if on_body is not None and written >= info.size and fill.info is info:
-                    on_body()
-                    on_body = None
-        except FillFailedError:
-            if fill.done or fill.error is not None:
-                break
+    await fill.wait_body()
+    if on_body is not None and fill.body_in:
+        on_body()
+    await fill.wait_done()
     if fill.entry is None:
         raise fill.error or FillFailedError(f"{fill.key}: fill ended without an object")
     return fill.entry

@@ -222,6 +222,7 @@ def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -
     # A new run replays the prefix into a new writer, tracks it, and finishes.
     again = _writer(tmp_path / "run2", _info("a/b", data), 1024)
     again.write(resume.data_path.read_bytes()[:2048])
+    again.piece_hashes()  # hashed in worker threads: wait, as the fill's sync does
     journal = partials.track(again)
     assert journal.pieces == 2
     again.write(data[2048:])
