@@ -13,7 +13,9 @@ lookup), ask the loader for a committed entry or a fill in progress, let
 HTTP semantics decided here (RFC 9110): GET and HEAD are served; OPTIONS
 answers 204 with ``Allow``; every other method is 405 with ``Allow`` (aiohttp's
 parser answers 400 for a method it does not know at all). A request target in
-absolute-form (RFC 9112 §3.2.2) names the same key as its origin-form. Error
+absolute-form (RFC 9112 §3.2.2) names the same key as its origin-form; an
+HTTP/1.1 request without exactly one valid ``Host`` is a 400 (§3.2), on every
+route of the client port (:func:`require_host`). Error
 bodies are ``text/plain`` with a reason a person can act on. A definitive 404
 from the origin is remembered for ``serving.notFoundTtlSeconds`` (see
 :class:`cache_node.loader.NegativeCache`) and says so in ``Cache-Control``.
@@ -35,8 +37,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -143,6 +146,27 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=reason + "\n", headers=headers or None)
 
 
+# RFC 9112 §3.2 / RFC 3986 §3.2.2-3.2.3: uri-host [ ":" port ]; empty is allowed.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?")
+
+
+def host_fields_valid(values: Sequence[str]) -> bool:
+    """Exactly one ``Host`` field with a valid value (RFC 9112 §3.2)."""
+    return len(values) == 1 and _HOST.fullmatch(values[0]) is not None
+
+
+@web.middleware
+async def require_host(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """400 for an HTTP/1.1 request without exactly one valid ``Host`` (RFC 9112 §3.2: MUST)."""
+    if request.version >= HttpVersion11 and not host_fields_valid(
+        request.headers.getall("Host", ())
+    ):
+        return _error(400, "HTTP/1.1 needs exactly one valid Host header field (RFC 9112 3.2)")
+    return await handler(request)
+
+
 def method_answer(method: str) -> web.Response | None:
     """``None`` for GET and HEAD; the answer for every other method (RFC 9110 §9)."""
     if method == "GET" or method == "HEAD":
@@ -235,12 +259,12 @@ def fast_answer(
     parsed request on an idle connection. It answers only what
     :func:`handle_object` would answer with a plain 200 (or its HEAD) from the
     in-memory tier, with the same bytes of headers and body, the same token
-    check and the same counters: a GET or HEAD in HTTP/1.1, origin-form target
-    that no other route of the client app may claim (``routed_elsewhere``, e.g.
-    the tracker's ``/announce``), no Range or conditional header, a valid token
-    (when tokens are on), a verified entry whose bytes are in memory. Everything
-    else (including every error) is ``None``, so the full path answers it, with
-    its reasons.
+    check and the same counters: a GET or HEAD in HTTP/1.1 with one valid
+    ``Host``, an origin-form target that no other route of the client app may
+    claim (``routed_elsewhere``, e.g. the tracker's ``/announce``), no Range or
+    conditional header, a valid token (when tokens are on), a verified entry
+    whose bytes are in memory. Everything else (including every error) is
+    ``None``, so the full path answers it, with its reasons.
     """
     method = message.method
     if (method != "GET" and method != "HEAD") or message.version != _HTTP11:
@@ -254,6 +278,8 @@ def fast_answer(
     if not raw.startswith("/"):
         return None
     headers = message.headers
+    if not host_fields_valid(headers.getall("Host", ())):
+        return None
     for name in _PLAN_HEADERS:
         if name in headers:
             return None

@@ -152,6 +152,8 @@ async def test_pipelined_requests_keep_their_order_across_both_paths(
         (b"GET http://edge/vod/small.bin HTTP/1.1\r\nHost: edge\r\n\r\n", "absolute-form"),
         (b"GET /vod/small.bin HTTP/1.1\r\nHost: edge\r\nIf-None-Match: *\r\n\r\n", "conditional"),
         (b"GET /vod/%2e%2e/small.bin HTTP/1.1\r\nHost: edge\r\n\r\n", "dot segment"),
+        (b"GET /vod/small.bin HTTP/1.1\r\n\r\n", "no Host"),
+        (b"GET /vod/small.bin HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "two Hosts"),
         (b"POST /vod/small.bin HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\n\r\nhi", "POST"),
         (b"GET /vod/small.bin HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\n\r\nhi", "a body"),
     ],
@@ -168,7 +170,13 @@ async def test_what_the_fast_lane_leaves_to_the_full_path(
         before = _lane(node)
         ((status, _, body),) = await _exchange(node.client_url, request_bytes, ["GET"])
         assert _lane(node) == before, why
-        expected = {"conditional": 304, "dot segment": 400, "POST": 405}.get(why, 200)
+        expected = {
+            "conditional": 304,
+            "dot segment": 400,
+            "no Host": 400,
+            "two Hosts": 400,
+            "POST": 405,
+        }.get(why, 200)
         assert status == expected, (why, status, body)
         if expected == 200:
             assert body == bucket.objects[SMALL]

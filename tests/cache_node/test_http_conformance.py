@@ -468,6 +468,46 @@ async def test_request_targets(
         assert proxy.total_gets() == 1
 
 
+@pytest.mark.parametrize(
+    ("host_lines", "version", "status"),
+    [
+        ("", "1.1", 400),  # no Host
+        ("Host: a\r\nHost: b\r\n", "1.1", 400),  # two
+        ("Host: a b\r\n", "1.1", 400),  # not a uri-host
+        ("Host: cdn/x\r\n", "1.1", 400),
+        ("Host: cdn.example:8080\r\n", "1.1", 200),
+        ("Host: [::1]:80\r\n", "1.1", 200),
+        ("Host: \r\n", "1.1", 200),  # empty: a target without an authority (§3.2)
+        ("", "1.0", 200),  # HTTP/1.0 needs none
+    ],
+)
+async def test_host_header_rules(
+    host_lines: str,
+    version: str,
+    status: int,
+    bucket: Bucket,
+    proxy: OriginProxy,
+    config_for: Callable[..., NodeConfig],
+) -> None:
+    """RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without exactly
+    one valid Host, for hits (the fast lane too) and misses alike."""
+    async with live_node(config_for(proxy.endpoint_url, bucket.name)) as node:
+        for _ in ("miss", "hit", "hit from memory"):
+            raw = await raw_request(
+                node.client_url,
+                f"GET /{SMALL} HTTP/{version}\r\n{host_lines}Connection: close\r\n\r\n".encode(),
+            )
+            assert raw.status == status, raw.body
+            if status == 400:
+                assert b"Host" in raw.body
+            else:
+                assert raw.body == bucket.objects[SMALL]
+            if status == 200:
+                await until(lambda: SMALL in node.store, "committed")
+        if status == 400:
+            assert proxy.total_gets() == 0
+
+
 @pytest.mark.parametrize("memory_tier", [True, False])
 async def test_http10_and_connection_close(
     memory_tier: bool, bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
