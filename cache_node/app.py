@@ -213,7 +213,7 @@ def create_apps(
     """Build the node's three apps; run them with :func:`cache_node.__main__.serve`."""
     node = Node(config=config, name=node_name)
 
-    client = web.Application(middlewares=[serve.require_host])
+    client = web.Application(middlewares=[serve.http_rules])
     client[NODE] = node
     client.cleanup_ctx.append(_resources(node, upstreams, config_path, config_poll_seconds))
     for extension in extensions:

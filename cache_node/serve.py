@@ -15,7 +15,8 @@ answers 204 with ``Allow``; every other method is 405 with ``Allow`` (aiohttp's
 parser answers 400 for a method it does not know at all). A request target in
 absolute-form (RFC 9112 §3.2.2) names the same key as its origin-form; an
 HTTP/1.1 request without exactly one valid ``Host`` is a 400 (§3.2), on every
-route of the client port (:func:`require_host`). Error
+route of the client port (:func:`http_rules`), which also answers
+``OPTIONS *`` (204 with ``Allow``). Error
 bodies are ``text/plain`` with a reason a person can act on. A definitive 404
 from the origin is remembered for ``serving.notFoundTtlSeconds`` (see
 :class:`cache_node.loader.NegativeCache`) and says so in ``Cache-Control``.
@@ -156,14 +157,21 @@ def host_fields_valid(values: Sequence[str]) -> bool:
 
 
 @web.middleware
-async def require_host(
+async def http_rules(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """400 for an HTTP/1.1 request without exactly one valid ``Host`` (RFC 9112 §3.2: MUST)."""
+    """RFC 9112 rules for every route of the client port, before any of them runs.
+
+    * §3.2: an HTTP/1.1 request without exactly one valid ``Host`` is a 400 (MUST);
+    * §3.2.4: the asterisk-form target (``OPTIONS *``) asks about the server as a
+      whole: 204 with ``Allow`` (aiohttp's parser refuses ``*`` with other methods).
+    """
     if request.version >= HttpVersion11 and not host_fields_valid(
         request.headers.getall("Host", ())
     ):
         return _error(400, "HTTP/1.1 needs exactly one valid Host header field (RFC 9112 3.2)")
+    if request.raw_path == "*" and request.method == "OPTIONS":
+        return web.Response(status=204, headers={"Allow": ALLOW})
     return await handler(request)
 
 

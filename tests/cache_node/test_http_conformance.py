@@ -508,6 +508,25 @@ async def test_host_header_rules(
             assert proxy.total_gets() == 0
 
 
+async def test_asterisk_form_is_the_server_wide_options(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    """RFC 9112 §3.2.4 / RFC 9110 §9.3.7: ``OPTIONS *`` describes the server; the
+    asterisk-form with any other method is not a request for a resource."""
+    async with live_node(config_for(proxy.endpoint_url, bucket.name)) as node:
+        raw = await raw_request(
+            node.client_url, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert raw.status == 204
+        assert {m.strip() for m in raw.headers["Allow"].split(",")} == {"GET", "HEAD", "OPTIONS"}
+        assert raw.body == b""
+        raw = await raw_request(
+            node.client_url, b"GET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert raw.status == 400  # from aiohttp's parser
+        assert proxy.total_gets() == 0
+
+
 @pytest.mark.parametrize("memory_tier", [True, False])
 async def test_http10_and_connection_close(
     memory_tier: bool, bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
