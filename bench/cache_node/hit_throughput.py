@@ -15,7 +15,7 @@ run in CI: absolute numbers drift between machines, the ratio is the figure to
 quote.
 
     python bench/cache_node/hit_throughput.py [--seconds 10] [--connections 32]
-        [--rounds 1] [--event-loop auto|asyncio|uvloop]
+        [--rounds 1] [--event-loop auto|asyncio|uvloop] [--sizes 4KiB,1MiB,8MiB]
 """
 
 from __future__ import annotations
@@ -103,7 +103,14 @@ def main() -> int:
     parser.add_argument(
         "--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="node's loop"
     )
+    parser.add_argument(
+        "--sizes", default=",".join(SIZES), help=f"which objects to measure, of {','.join(SIZES)}"
+    )
     args = parser.parse_args()
+    names = [name for name in args.sizes.split(",") if name]
+    if not names or any(name not in SIZES for name in names):
+        parser.error(f"--sizes takes names from {','.join(SIZES)}")
+    sizes = {name: SIZES[name] for name in names}
     for tool in ("nginx", "wrk"):
         if not shutil.which(tool):
             print(f"{tool} not found: apt-get install -y nginx wrk", file=sys.stderr)
@@ -185,7 +192,7 @@ def main() -> int:
                 f"{'object':>7} | {'nginx req/s':>12} {'GB/s':>6} | {'node req/s':>11} "
                 f"{'GB/s':>6} | ratio"
             )
-            for name, size in SIZES.items():
+            for name, size in sizes.items():
                 n_runs, c_runs = [], []
                 for _ in range(args.rounds):
                     n_runs.append(wrk(f"{nginx}/{name}", args.seconds, args.connections))
