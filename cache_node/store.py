@@ -278,8 +278,9 @@ class Writer:
                 return self.hashed_pieces()
             future = pending[0]
             if not future.done():
-                # Shielded: a cancelled waiter must not cancel a job that owns a descriptor.
-                await asyncio.shield(asyncio.wrap_future(future))
+                # asyncio.wait neither cancels the job (it owns a descriptor) when this
+                # waiter is cancelled nor raises its error (_piece_hash below reports it).
+                await asyncio.wait([asyncio.wrap_future(future)])
                 continue  # look again: the writer may have been reset meanwhile
             self._hashes.append(_piece_hash(pending.popleft(), self.info.key))
 
