@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from aiohttp import web
 from cache_node.app import Apps, create_apps, fast_lane
 from cache_node.config import NodeConfig
 from cache_node.fastlane import make_runner
+from cache_node.tokens import Claims, sign
 from edgefill_devenv.catalogue import object_bytes
 from edgefill_devenv.origin_proxy import OriginProxy
 from edgefill_devenv.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server
@@ -89,6 +91,22 @@ def bucket(s3_server: S3Server) -> Bucket:
 async def proxy(bucket: Bucket) -> AsyncIterator[OriginProxy]:
     async with OriginProxy(upstream=bucket.server.endpoint_url, bucket=bucket.name) as p:
         yield p
+
+
+def make_token(
+    kid: str = "k1",
+    *,
+    scope: str = "/vod/title/",
+    exp: int | None = None,
+    nbf: int | None = None,
+    secret: bytes | None = None,
+) -> str:
+    """A token for the test key ``kid`` (:data:`TOKEN_KEYS`), valid for 10 minutes by default."""
+    now = int(time.time())
+    claims = Claims(
+        kid=kid, expires=exp if exp is not None else now + 600, not_before=nbf, scope=scope
+    )
+    return sign(claims, secret if secret is not None else TOKEN_KEYS[kid])
 
 
 @pytest.fixture

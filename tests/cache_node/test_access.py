@@ -18,26 +18,12 @@ from cache_node.config import NodeConfig
 from cache_node.tokens import Claims, sign
 from edgefill_devenv.origin_proxy import OriginProxy
 
-from .conftest import TOKEN_KEYS, Bucket, live_node, until
+from .conftest import Bucket, live_node, until
+from .conftest import make_token as _token
 
 pytestmark = pytest.mark.integration
 
 KEY = "vod/title/seg-1.m4s"
-
-
-def _token(
-    kid: str = "k1",
-    *,
-    scope: str = "/vod/title/",
-    exp: int | None = None,
-    nbf: int | None = None,
-    secret: bytes | None = None,
-) -> str:
-    now = int(time.time())
-    claims = Claims(
-        kid=kid, expires=exp if exp is not None else now + 600, not_before=nbf, scope=scope
-    )
-    return sign(claims, secret if secret is not None else TOKEN_KEYS[kid])
 
 
 async def test_tokens(

@@ -9,7 +9,6 @@ pipelining and connection handling are the point. ``edgefill_fast_lane_responses
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -22,10 +21,9 @@ from multidict import CIMultiDict
 from cache_node.config import NodeConfig
 from cache_node.fastlane import routed_elsewhere
 from cache_node.serve import handle_object
-from cache_node.tokens import Claims, sign
 from edgefill_devenv.origin_proxy import OriginProxy
 
-from .conftest import TOKEN_KEYS, Bucket, LiveNode, live_node, until
+from .conftest import Bucket, LiveNode, live_node, make_token, until
 
 pytestmark = pytest.mark.integration
 
@@ -182,12 +180,6 @@ async def test_what_the_fast_lane_leaves_to_the_full_path(
             assert body == bucket.objects[SMALL]
 
 
-def _token(scope: str, secret: bytes = TOKEN_KEYS["k1"]) -> str:
-    return sign(
-        Claims(kid="k1", expires=int(time.time()) + 600, not_before=None, scope=scope), secret
-    )
-
-
 async def test_the_fast_lane_checks_tokens_and_leaves_refusals_to_the_full_path(
     bucket: Bucket,
     proxy: OriginProxy,
@@ -196,7 +188,9 @@ async def test_the_fast_lane_checks_tokens_and_leaves_refusals_to_the_full_path(
 ) -> None:
     cfg = config_for(proxy.endpoint_url, bucket.name, tokens_dir=token_dir)
     async with live_node(cfg) as node, aiohttp.ClientSession() as s:
-        good = _token("/vod/")
+        good = make_token(scope="/vod/")
+        other = quote(make_token(scope="/other/"), safe="")
+        forged = make_token(scope="/vod/", secret=b"f" * 32)
         for _ in range(2):  # fill, then into memory
             async with s.get(f"{node.client_url}/{SMALL}", params={"token": good}) as resp:
                 assert resp.status == 200
@@ -207,8 +201,8 @@ async def test_the_fast_lane_checks_tokens_and_leaves_refusals_to_the_full_path(
             node.client_url,
             _get(f"{SMALL}?token={quote(good, safe='')}")  # fast lane
             + _get(SMALL)  # no token: 401, and the rest queue behind it (full path)
-            + _get(f"{SMALL}?token={quote(_token('/other/'), safe='')}")  # wrong scope: 403
-            + _get(SMALL, extra=f"X-EdgeFill-Token: {_token('/vod/', b'f' * 32)}\r\n")  # forged
+            + _get(f"{SMALL}?token={other}")  # wrong scope: 403
+            + _get(SMALL, extra=f"X-EdgeFill-Token: {forged}\r\n")  # forged
             + _get(SMALL, extra=f"X-EdgeFill-Token: {good}\r\n"),
             ["GET"] * 5,
         )
