@@ -32,6 +32,18 @@ pytestmark = pytest.mark.integration
 HOST = "127.0.0.1"
 
 
+def _wait_committed(status_url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until the node reports no fill in progress."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the node exited"
+        with urllib.request.urlopen(status_url, timeout=5) as resp:
+            if json.loads(resp.read())["fillsInProgress"] == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"fills still in progress after {timeout}s")
+
+
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,6 +126,9 @@ def test_operator_reads_what_a_real_node_reports(
         for _ in range(2):  # a miss from the origin, then a hit
             with urllib.request.urlopen(f"http://{HOST}:{client}/{key}", timeout=30) as resp:
                 assert resp.read() == object_bytes(key, 300 * 1024)
+            # The miss's body arrives before its commit (cut-through); a request in
+            # between joins the fill and counts as a miss too. Wait for the commit.
+            _wait_committed(f"http://{HOST}:{metrics}/status", proc)
 
         reports = HttpPoller().poll([NodeAddress("beta-west-cache-0", HOST, metrics)])
         (report,) = reports
