@@ -36,11 +36,13 @@ miss.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import os
 import re
+import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -400,8 +402,9 @@ async def _send_entry(
         stream.headers["Age"] = age
         stream.content_length = length
         try:
-            await stream.prepare(request)
-            await _sendfile(request, stream, fd, start, length)
+            with _corked(request.transport, length):
+                await stream.prepare(request)
+                await _sendfile(request, stream, fd, start, length)
             await stream.write_eof()
         except ConnectionResetError:  # the client went away mid-body: nothing to answer
             log.debug("client_gone", key=entry.key)
@@ -410,6 +413,41 @@ async def _send_entry(
         return stream
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _corked(transport: asyncio.BaseTransport | None, length: int) -> Iterator[None]:
+    """``TCP_CORK`` around a body larger than the connection's send buffer (Linux).
+
+    This is nginx's ``tcp_nopush``: while corked the kernel sends only full
+    segments, the header block leaves in the body's first segment, and the cork
+    is pulled when the body is handed over, which sends the short tail. It is
+    applied only when the body cannot go out in one ``sendfile`` call (more than
+    ``SO_SNDBUF``, autotuned up to ``net.ipv4.tcp_wmem``'s maximum): then
+    the body leaves over several writability wake-ups, and uncorked every wake-up
+    pushes its partial segment. Measured with ``bench/cache_node/hit_throughput.py``
+    on loopback: 8 MiB hits 0.87-0.94x nginx uncorked, 1.06-1.08x corked; a body
+    that fits the buffer is handed over in one call, and corking it measured
+    slower (1 MiB 0.5x), so it is left alone.
+    """
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    cork = getattr(socket, "TCP_CORK", None)
+    if sock is None or cork is None:
+        yield
+        return
+    try:
+        if length <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF):
+            sock = None
+        else:
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    except OSError:  # the connection is gone; the send below reports it
+        sock = None
+    try:
+        yield
+    finally:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
 
 async def _sendfile(

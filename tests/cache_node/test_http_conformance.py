@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from cache_node import origin as origin_module
+from cache_node import serve
 from cache_node.app import create_apps
 from cache_node.config import NodeConfig
 from cache_node.ranges import format_http_date
@@ -727,3 +729,77 @@ def test_uvloop_serves_hits_with_sendfile(bucket: Bucket, tmp_path: Path) -> Non
 async def _read(s: aiohttp.ClientSession, url: str) -> bytes:
     async with s.get(url) as r:
         return await r.read()
+
+
+# --- bodies larger than the send buffer: TCP_CORK (nginx's tcp_nopush) --------------------
+
+
+def _wmem_max() -> int:
+    return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+
+
+class _SocketTransport(asyncio.BaseTransport):
+    """What ``_corked`` asks of a transport: its socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._sock if name == "socket" else default
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux only")
+def test_a_body_larger_than_the_send_buffer_is_corked_and_uncorked_after() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+        with client, conn:
+            sndbuf = conn.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            transport = _SocketTransport(conn)
+
+            def corked() -> int:
+                return conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+
+            with serve._corked(transport, sndbuf + 1):
+                assert corked() == 1
+            assert corked() == 0
+            with pytest.raises(RuntimeError), serve._corked(transport, sndbuf + 1):
+                raise RuntimeError("the send failed")  # uncorked on the way out too
+            assert corked() == 0
+            with serve._corked(transport, sndbuf):  # fits: one sendfile call, not corked
+                assert corked() == 0
+            with serve._corked(None, sndbuf + 1):  # the client already went away
+                pass
+
+
+async def test_a_hit_larger_than_the_send_buffer_goes_out_whole_and_keeps_the_connection(
+    bucket: Bucket, config_for: Callable[..., NodeConfig]
+) -> None:
+    """A corked body (more than ``SO_SNDBUF``): whole and exact, ranges too, and the
+    same keep-alive connection answers the next requests (the cork was pulled)."""
+    big = "vod/bigger-than-sndbuf.bin"
+    data = bytes(range(251)) * ((_wmem_max() + 3 * 65536) // 251)
+    bucket.put(big, data)
+    config = _memory_tier(config_for(bucket.server.endpoint_url, bucket.name), False)
+    connector = aiohttp.TCPConnector(limit=1)  # one connection: every request reuses it
+    async with live_node(config) as node, aiohttp.ClientSession(connector=connector) as s:
+        await _fill(s, node, big)
+        for headers, want in (
+            ({}, data),
+            ({"Range": f"bytes=7-{len(data) - 2}"}, data[7:-1]),
+            ({}, data),
+        ):
+            async with s.get(f"{node.client_url}/{big}", headers=headers) as r:
+                assert r.headers["X-EdgeFill-Result"] == "hit"
+                assert await r.read() == want
+        async with s.head(f"{node.client_url}/{big}") as r:
+            assert (r.status, r.headers["Content-Length"]) == (200, str(len(data)))
+        async with s.get(f"{node.client_url}/{SMALL}") as r:
+            assert (r.status, await r.read()) == (200, bucket.objects[SMALL])
+        # a client that leaves mid-body does not break the node
+        async with s.get(f"{node.client_url}/{big}") as r:
+            await r.content.readexactly(1000)
+            r.close()
+        async with s.get(f"{node.client_url}/{big}") as r:
+            assert await r.read() == data
