@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import itertools
 import random
@@ -229,17 +230,28 @@ class Sample:
     origin_bytes: int
 
 
+class SampleIncompleteError(RuntimeError):
+    """A node's metrics or the origin proxy's counters could not be read."""
+
+
 async def sample(
     http: aiohttp.ClientSession, nodes: list[Node], proxy_stats_url: str | None
 ) -> Sample:
+    """Every node's served bytes and requests, and the origin proxy's byte count.
+
+    Raises :class:`SampleIncompleteError` when any reading fails: a missing
+    reading must not count as zero (a phase's figures are differences between
+    two samples, and a zero in the first would charge the whole history to it).
+    """
     served: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     requests: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for node in nodes:
         try:
             async with http.get(node.metrics_url + "/metrics") as resp:
+                resp.raise_for_status()
                 parsed = parse_node_metrics(await resp.text())
-        except (TimeoutError, aiohttp.ClientError):
-            continue
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise SampleIncompleteError(f"metrics of {node.name}: {exc!r}") from exc
         for source, value in parsed["served"].items():
             served[node.site][source] += value
         for result, value in parsed["requests"].items():
@@ -248,9 +260,10 @@ async def sample(
     if proxy_stats_url:
         try:
             async with http.get(proxy_stats_url) as resp:
+                resp.raise_for_status()
                 origin = int((await resp.json())["bytes"])
-        except (TimeoutError, aiohttp.ClientError):
-            origin = 0
+        except (TimeoutError, aiohttp.ClientError, KeyError, ValueError) as exc:
+            raise SampleIncompleteError(f"origin proxy counters: {exc!r}") from exc
     return Sample(
         time.time(),
         {s: dict(v) for s, v in served.items()},
@@ -259,18 +272,46 @@ async def sample(
     )
 
 
+async def complete_sample(
+    http: aiohttp.ClientSession,
+    nodes: list[Node],
+    proxy_stats_url: str | None,
+    attempts: int = 10,
+    pause: float = 1.0,
+) -> Sample:
+    """:func:`sample`, tried up to ``attempts`` times; the last error is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await sample(http, nodes, proxy_stats_url)
+        except SampleIncompleteError:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 async def observe_while(
     work: Any, nodes: list[Node], proxy_stats_url: str | None, interval: float = 1.0
 ) -> tuple[Any, list[Sample]]:
-    """Run the awaitable ``work`` while sampling every ``interval`` seconds."""
+    """Run the awaitable ``work`` while sampling every ``interval`` seconds.
+
+    The first and the last sample (the phase's figures are their differences)
+    are complete or the phase fails; one in between that cannot be read whole
+    is skipped (it only feeds the plot).
+    """
     samples: list[Sample] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        samples.append(await sample(http, nodes, proxy_stats_url))
+        samples.append(await complete_sample(http, nodes, proxy_stats_url))
         task = asyncio.ensure_future(work)
         while not task.done():
             await asyncio.wait([task], timeout=interval)
-            samples.append(await sample(http, nodes, proxy_stats_url))
-        return task.result(), samples
+            if task.done():
+                break
+            with contextlib.suppress(SampleIncompleteError):
+                samples.append(await sample(http, nodes, proxy_stats_url))
+        result = task.result()  # the work's own error comes first
+        samples.append(await complete_sample(http, nodes, proxy_stats_url))
+        return result, samples
 
 
 def summarise(samples: list[Sample]) -> dict[str, dict[str, Any]]:
