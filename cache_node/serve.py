@@ -424,8 +424,9 @@ def _corked(transport: asyncio.BaseTransport | None, length: int) -> Iterator[No
     is pulled when the body is handed over, which sends the short tail. It is
     applied only when the body cannot go out in one ``sendfile`` call (more than
     ``SO_SNDBUF``, autotuned up to ``net.ipv4.tcp_wmem``'s maximum): then
-    the body leaves over several writability wake-ups, and uncorked every wake-up
-    pushes its partial segment. Measured with ``bench/cache_node/hit_throughput.py``
+    the body leaves over several writability wake-ups, and (our reading of the
+    gain) uncorked every wake-up would push a short segment of its own. Measured
+    with ``bench/cache_node/hit_throughput.py``
     on loopback: 8 MiB hits 0.87-0.94x nginx uncorked, 1.06-1.08x corked; a body
     that fits the buffer is handed over in one call, and corking it measured
     slower (1 MiB 0.5x), so it is left alone.
