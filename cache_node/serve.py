@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import os
 import re
 import socket
@@ -252,7 +251,8 @@ class _DateLine:
     def __call__(self, now: float) -> bytes:
         second = int(now)
         if second != self.second:
-            self.line = f"Date: {email.utils.formatdate(second, usegmt=True)}\r\n".encode()
+            date = format_http_date(datetime.fromtimestamp(second, UTC))
+            self.line = f"Date: {date}\r\n".encode()
             self.second = second
         return self.line
 
