@@ -137,14 +137,15 @@ class Fill:
         self.content_set: str | None = None
         self.body_in = False  # every byte of the body is written; the commit follows
         self._changed = asyncio.Event()  # set (and replaced) on every change, chunks too
-        self._milestone = asyncio.Event()  # set once the body is in, or the fill ended
+        self._body_or_end = asyncio.Event()  # set once the body is in, or the fill ended
+        self._ended = asyncio.Event()  # set once the fill ended
 
     @classmethod
     def not_found(cls, key: str) -> Fill:
         """A finished fill answering 404 (from the negative cache)."""
         fill = cls(key)
         fill.error = FillFailedError(f"{key}: not at the origin (remembered 404)", not_found=True)
-        fill.done = True
+        fill.end()
         return fill
 
     @property
@@ -155,17 +156,21 @@ class Fill:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
+    def end(self) -> None:
+        """Mark the fill ended (its ``entry`` or ``error`` is set) and wake every waiter."""
+        self.done = True
+        self._body_or_end.set()
+        self._ended.set()
+        self._notify()
+
     async def wait_body(self) -> None:
         """Until the whole body is written (:attr:`body_in`) or the fill ended; unlike
         :meth:`wait_bytes`, a waiter here is not woken for every chunk."""
-        await self._milestone.wait()
+        await self._body_or_end.wait()
 
     async def wait_done(self) -> None:
         """Until the fill ended (committed, failed or not found)."""
-        while not self.done:
-            await self._milestone.wait()
-            if not self.done:
-                await self._changed.wait()
+        await self._ended.wait()
 
     async def wait_info(self) -> tuple[ObjectInfo, Writer, int]:
         """Wait until headers arrived; returns validators, the writer and the epoch."""
@@ -304,10 +309,8 @@ class Loader:
                 self.negative.discard(fill.key)
             elif fill.error is not None and fill.error.not_found:
                 self.negative.add(fill.key, time.monotonic(), self._not_found_ttl())
-            fill.done = True
             self._fills.pop(fill.key, None)
-            fill._milestone.set()
-            fill._notify()
+            fill.end()
 
     async def _open(
         self, fill: Fill, chain: Sequence[Upstream], start: int, if_match: str | None
@@ -377,7 +380,7 @@ class Loader:
                         f"{fill.key}: body ended at {writer.written} of {writer.info.size} bytes"
                     )
                 fill.body_in = True
-                fill._milestone.set()
+                fill._body_or_end.set()
             except UpstreamError as exc:
                 attempt += 1
                 if attempt >= self.retry.max_attempts:

@@ -337,3 +337,19 @@ def test_negative_cache_expires_and_is_bounded() -> None:
     assert all(cache.holds(k, 101.0) for k in "cde")
     cache.discard("c")
     assert not cache.holds("c", 101.0)
+
+
+async def test_a_fill_that_is_born_ended_wakes_every_waiter() -> None:
+    """A remembered 404 (``Fill.not_found``) is already ended: waiting for its body or
+    its end returns at once, as for a fill that ended after it started."""
+    import asyncio
+
+    from cache_node.loader import Fill
+
+    fill = Fill.not_found("vod/gone.bin")
+    assert fill.done
+    assert fill.error is not None
+    assert fill.error.not_found
+    await asyncio.wait_for(fill.wait_body(), 5)
+    await asyncio.wait_for(fill.wait_done(), 5)
+    assert not fill.body_in
