@@ -238,9 +238,6 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     return await serve_key(request, node, key, lambda: peering.chain(key, Hop()))
 
 
-_HTTP11 = HttpVersion11
-
-
 class _DateLine:
     """``Date: ...`` and CRLF for the current second (RFC 9110 §6.6.1), formatted once a second."""
 
@@ -277,7 +274,7 @@ def fast_answer(
     ``None``, so the full path answers it, with its reasons.
     """
     method = message.method
-    if (method != "GET" and method != "HEAD") or message.version != _HTTP11:
+    if (method != "GET" and method != "HEAD") or message.version != HttpVersion11:
         return None
     if message.should_close or message.upgrade or message.chunked:
         return None
@@ -426,27 +423,26 @@ def _corked(transport: asyncio.BaseTransport | None, length: int) -> Iterator[No
     ``SO_SNDBUF``, autotuned up to ``net.ipv4.tcp_wmem``'s maximum): then
     the body leaves over several writability wake-ups, and (our reading of the
     gain) uncorked every wake-up would push a short segment of its own. Measured
-    with ``bench/cache_node/hit_throughput.py``
-    on loopback: 8 MiB hits 0.87-0.94x nginx uncorked, 1.06-1.08x corked; a body
-    that fits the buffer is handed over in one call, and corking it measured
-    slower (1 MiB 0.5x), so it is left alone.
+    with ``bench/cache_node/hit_throughput.py`` on loopback: 8 MiB hits 0.87-0.94x
+    nginx uncorked, 1.06-1.08x corked; a body that fits the buffer is handed over
+    in one call, and corking it measured slower (1 MiB 0.5x), so it is left alone.
     """
     sock = transport.get_extra_info("socket") if transport is not None else None
     cork = getattr(socket, "TCP_CORK", None)
     if sock is None or cork is None:
         yield
         return
+    corked = False
     try:
-        if length <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF):
-            sock = None
-        else:
+        if length > sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF):
             sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+            corked = True
     except OSError:  # the connection is gone; the send below reports it
-        sock = None
+        pass
     try:
         yield
     finally:
-        if sock is not None:
+        if corked:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
