@@ -88,8 +88,25 @@ class Journal:
 
 
 class Partials:
+    """The partials of one store, with an index of the keys that have one.
+
+    The index (digests of keys with a journal) is read from the folder once,
+    here, and kept by :meth:`track` and :meth:`drop`, so asking for a key that
+    has no partial - nearly every fill - touches no disk (:meth:`may_hold`).
+    It is the only process writing this folder (one node per store).
+    """
+
     def __init__(self, root: Path) -> None:
         self.root = root
+        try:
+            journals = [path.stem for path in root.iterdir() if path.suffix == ".journal"]
+        except (FileNotFoundError, NotADirectoryError):
+            journals = []
+        self._held = set(journals)
+
+    def may_hold(self, key: str) -> bool:
+        """Whether ``key`` may have a partial (``False``: it surely has none; no disk read)."""
+        return key_digest(key) in self._held
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         digest = key_digest(key)
@@ -116,6 +133,7 @@ class Partials:
         tmp = journal.with_name(f"{journal.name}.{token}.tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n")
         tmp.replace(journal)
+        self._held.add(journal.stem)
         return Journal(journal, writer, pieces)
 
     def load(self, key: str) -> Resume | None:
@@ -149,17 +167,28 @@ class Partials:
         return Resume(info=info, piece_size=piece_size, verified_bytes=verified, data_path=data)
 
     def drop(self, key: str) -> None:
-        for path in self._paths(key):
+        data, journal = self._paths(key)
+        self._held.discard(journal.stem)
+        for path in (data, journal):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
     def sweep_temporaries(self) -> int:
-        """Remove link and journal temp files a crash left between two renames."""
+        """Remove what a crash left between two renames: temp files, and a ``.part``
+        whose journal was never written (it could not be verified, so it is no partial).
+
+        Only before any fill of this run has started (a ``.part`` is linked just
+        before its journal is written).
+        """
         removed = 0
         if self.root.is_dir():
             for path in self.root.glob("*.tmp"):
                 path.unlink(missing_ok=True)
                 removed += 1
+            for path in self.root.glob("*.part"):
+                if not path.with_suffix(".journal").exists():
+                    path.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
     def held_keys(self) -> list[str]:
@@ -172,5 +201,6 @@ class Partials:
                 with open(journal, "rb") as fh:  # noqa: PTH123
                     out.append(str(json.loads(fh.readline())["info"]["key"]))
             except (OSError, ValueError, KeyError, TypeError):
+                self._held.discard(journal.stem)
                 journal.unlink(missing_ok=True)
         return out

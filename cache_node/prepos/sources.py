@@ -207,7 +207,7 @@ class Metered:
         )
 
     async def open(self, key: str, start: int, if_match: str | None) -> Opened:
-        if start == 0 and if_match is None:
+        if start == 0 and if_match is None and self.partials.may_hold(key):
             resume = await asyncio.to_thread(self.partials.load, key)
             if resume is not None:
                 opened = await self._resume(key, resume)

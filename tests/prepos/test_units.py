@@ -302,3 +302,36 @@ def test_unreadable_partial_is_dropped(tmp_path: Path) -> None:
     journal.write_bytes(b"{not json\n")
     assert partials.load("k") is None
     assert not journal.exists()
+
+
+def test_the_partials_index_knows_which_keys_may_have_a_partial(tmp_path: Path) -> None:
+    """A fill asks :meth:`Partials.may_hold` before reading a partial from disk: the index
+    follows track and drop, and a new run (a restart) reads it back from the folder."""
+    root = tmp_path / "store" / "prepos" / "partial"
+    partials = Partials(root)  # no folder yet
+    assert not partials.may_hold("a/b")
+    data = b"z" * 4096
+    writer = _writer(tmp_path, _info("a/b", data), 1024)
+    partials.track(writer)
+    assert partials.may_hold("a/b")
+    assert not partials.may_hold("a/c")
+    assert Partials(root).may_hold("a/b")  # what a restarted node sees
+    partials.drop("a/b")
+    assert not partials.may_hold("a/b")
+    assert not Partials(root).may_hold("a/b")
+    writer.abort()
+
+
+def test_a_part_without_a_journal_is_swept(tmp_path: Path) -> None:
+    """A crash between linking the ``.part`` and writing its journal leaves bytes nobody
+    can verify: the first sweep of the next run removes them (and temp files)."""
+    root = tmp_path / "partial"
+    root.mkdir()
+    digest = hashlib.sha256(b"k").hexdigest()
+    (root / f"{digest}.part").write_bytes(b"x" * 100)
+    (root / f"{digest}.journal.abc.tmp").write_bytes(b"{}")
+    kept = hashlib.sha256(b"kept").hexdigest()
+    (root / f"{kept}.part").write_bytes(b"y")
+    (root / f"{kept}.journal").write_bytes(b"{}\n")
+    assert Partials(root).sweep_temporaries() == 2
+    assert sorted(p.name for p in root.iterdir()) == [f"{kept}.journal", f"{kept}.part"]
