@@ -1,8 +1,7 @@
 """The pre-positioning loop of one node: resolve, own, pin, fill, report.
 
-Every step (each ``tick`` seconds, and at once when a fill finishes) reads the
-node's *current* configuration - the config watcher swaps it when the
-operator re-renders the ConfigMap - and:
+Every step (each ``tick`` seconds) reads the node's *current* configuration -
+the config watcher swaps it when the operator re-renders the ConfigMap - and:
 
 1. resolves each fill-plan entry's catalogue (cached per entry, generation and
    source; refreshed every ``refresh`` seconds and after an invalidation);
@@ -14,6 +13,11 @@ operator re-renders the ConfigMap - and:
    (evictable, not deleted);
 5. when the window is open (or ``allowOutsideWindow``) and the budget admits
    the next object, starts fills up to ``fill.concurrency``.
+
+A fill slot that frees (a body is in) starts the next fill at once, without
+waiting for a step, from where the last look stopped (:meth:`Prepositioner._dispatch`);
+a committed fill counts in the progress at once. So a step's cost (it looks at
+every planned key) is paid once per tick, not once per object.
 
 A window that closes stops new fills; running ones finish (their bytes still
 go through the rate cap). Fills go through the node's own :class:`Loader`, so
@@ -171,13 +175,14 @@ class Prepositioner:
         self._members: list[str] = [m.name for m in cfg.peering.members]
         self._previous: list[str] = list(self.state.members or self._members)
         self._tasks: list[Task] = []
+        self._cursor = 0  # tasks before it were settled when last looked at (_dispatch)
+        self._counted: set[str] = set()  # keys counted stored in self.progress
         self._tasks_signature: tuple[object, ...] = ()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._running_bytes = 0
         self._unplaced: list[Task] = []
         self._busy: set[str] = set()  # keys holding one of the fill.concurrency slots
         self._failed_until: dict[str, float] = {}
-        self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._state_dirty = False
         self._state_saved = 0.0
@@ -230,9 +235,7 @@ class Prepositioner:
                 raise
             except Exception:  # keep filling after a bug in one step; it is logged
                 log.exception("prepos_step_failed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick)
+            await asyncio.sleep(self.tick)
 
     # --- one step ---------------------------------------------------------------------------
 
@@ -397,6 +400,7 @@ class Prepositioner:
                 if held is None or task.order() < held.order():
                     tasks[item.key] = task
         self._tasks = ordered(tasks.values())
+        self._cursor = 0
         self._tasks_signature = signature
         return True
 
@@ -425,6 +429,7 @@ class Prepositioner:
 
     def _update_progress(self) -> None:
         progress: dict[str, Progress] = {}
+        counted: set[str] = set()
         for entry in self.node.config.fill_plan:
             cat = self._catalogues.get(entry.name)
             if cat is not None and cat.items is not None:
@@ -439,13 +444,31 @@ class Prepositioner:
             if stored is not None:
                 p.objects_stored += 1
                 p.bytes_stored += task.item.size
+                counted.add(task.key)
                 meta = stored.meta
                 if (meta.pinned, meta.content_set) != (task.pinned, task.content_set):
                     # Committed by a client miss (dynamic) before pre-positioning got to it.
                     self._unplaced.append(task)
         self.progress = progress
+        self._counted = counted
 
-    def _dispatch(self, cfg: NodeConfig) -> None:
+    def _count_stored(self, task: Task) -> None:
+        """Count a fill that just committed, before the next step recounts everything."""
+        p = self.progress.get(task.content_set)
+        if p is None or task.key in self._counted:
+            return
+        self._counted.add(task.key)
+        p.objects_stored += 1
+        p.bytes_stored += task.item.size
+
+    def _dispatch(self, cfg: NodeConfig, *, rescan: bool = True) -> None:
+        """Start fills, in fill order, up to ``fill.concurrency``.
+
+        A step rescans from the first task. A freed slot (``rescan=False``) goes on
+        from :attr:`_cursor`: every task before it was stored, running, backing off
+        or started when last looked at; one that changed since (evicted, backoff
+        over, failed) waits for the next step's rescan.
+        """
         now = self.clock()
         interval = windows.current(cfg.fill.window, now)
         self.window_open = interval is not None or cfg.fill.allow_outside_window
@@ -456,21 +479,25 @@ class Prepositioner:
         self._window_key = window_id
         self.budget_exhausted = False
         mono = time.monotonic()
-        for task in self._tasks:
-            if len(self._busy) >= cfg.fill.concurrency:
-                break
-            if task.key in self._running or self._stored(task) is not None:
-                continue
-            if self._failed_until.get(task.key, 0.0) > mono:
-                continue
-            if not self.budget.admits(window_id, task.item.size + self._running_bytes):
-                self.budget_exhausted = True
-                break
-            self._running_bytes += task.item.size
-            self._busy.add(task.key)
-            self._running[task.key] = asyncio.create_task(
-                self._fill(task, cfg), name=f"prepos:{task.key}"
-            )
+        tasks = self._tasks
+        index = 0 if rescan else min(self._cursor, len(tasks))
+        while index < len(tasks) and len(self._busy) < cfg.fill.concurrency:
+            task = tasks[index]
+            if not (
+                task.key in self._running
+                or self._stored(task) is not None
+                or self._failed_until.get(task.key, 0.0) > mono
+            ):
+                if not self.budget.admits(window_id, task.item.size + self._running_bytes):
+                    self.budget_exhausted = True
+                    break
+                self._running_bytes += task.item.size
+                self._busy.add(task.key)
+                self._running[task.key] = asyncio.create_task(
+                    self._fill(task, cfg), name=f"prepos:{task.key}"
+                )
+            index += 1
+            self._cursor = index
 
     # --- one fill ---------------------------------------------------------------------------
 
@@ -534,6 +561,7 @@ class Prepositioner:
             else:
                 entry = found
             self._release(task)  # a hit or a joined fill: nothing streams any more
+            self._count_stored(task)
             if entry.size != task.item.size:
                 log.warning(
                     "prepos_size_mismatch",
@@ -565,10 +593,12 @@ class Prepositioner:
             self._running.pop(task.key, None)
 
     def _release(self, task: Task) -> None:
+        """Free ``task``'s fill slot and start the next fill in it (no step needed)."""
         if task.key in self._busy:
             self._busy.discard(task.key)
             self._running_bytes -= task.item.size
-            self._wake.set()
+            if not self._closed:
+                self._dispatch(self.node.config, rescan=False)
 
     # --- reporting --------------------------------------------------------------------------
 

@@ -465,3 +465,33 @@ async def test_a_prefill_stores_the_content_sets_piece_size_and_placement_in_one
             assert len(meta.piece_hashes) == 1  # 16 KiB store pieces would give two for some
             assert (meta.pinned, meta.content_set) == (True, SET)
             assert entry.data_path.read_bytes() == object_bytes(key, size)
+
+
+async def test_a_freed_slot_starts_the_next_fill_without_a_step(
+    origin: tuple[OriginProxy, str], tmp_path: Path
+) -> None:
+    """One step plans and starts the first fill; each fill that ends starts the next in
+    its slot, and counts in the progress, with no further step. A step looks at every
+    planned key, so a step per finished object would make a large catalogue quadratic."""
+    proxy, bucket = origin
+    fill = {"allowOutsideWindow": True, "concurrency": 1}
+    cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, fill)
+    async with running_node(cfg) as (node, _):
+        prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
+        try:
+            await prepos.step()
+            assert prepos.active == 1
+            for _ in range(1000):  # bounded: 10 s
+                progress = prepos.progress[SET]
+                if progress.objects_stored == len(SIZES) and not prepos.active:
+                    break
+                await asyncio.sleep(0.01)
+            progress = prepos.progress[SET]
+            assert (progress.objects_stored, progress.bytes_stored) == (len(SIZES), TOTAL)
+            assert _object_gets(proxy) == len(SIZES)
+            # The next step's recount agrees with what was counted on the way.
+            await prepos.step()
+            assert prepos.progress[SET].objects_stored == len(SIZES)
+            assert prepos.progress[SET].bytes_stored == TOTAL
+        finally:
+            await prepos.close()
