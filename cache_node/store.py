@@ -12,17 +12,23 @@ File names are hashes of the key, so no key, however spelled, names a path
 outside ``objects/`` (traversal is impossible by construction).
 
 Commit protocol (the nginx proxy_cache discipline, made power-loss safe): the
-body is written to ``tmp/``, its length checked against the origin's, the
-file fsynced and renamed to ``.data``, the directory fsynced; then the meta
-document is written to ``tmp/``, fsynced, renamed to ``.meta`` and the
-directory fsynced again. The ``.meta`` rename is the commit point: an object
-without it does not exist. Recovery on start (time bounded, metadata only)
-deletes ``tmp/``, orphan ``.data`` files, unreadable ``.meta`` files and
-objects whose data length differs. When ``CLEAN`` is absent (a crash, a
-SIGKILL, a power cut) every recovered object is marked *unverified*: it is
-re-hashed piece by piece before it is first served, and a background task
-verifies the rest; a piece that does not match its hash deletes the object,
-which the next request refetches. So a partial or corrupt object is never
+body is written to ``tmp/``, its length checked against the origin's, and
+fsynced; the meta document is written to ``tmp/`` and fsynced; an older
+copy's ``.meta`` is unlinked, the body renamed to ``.data``, the meta renamed
+to ``.meta``, and the directory fsynced once. The ``.meta`` rename is the
+commit point: an object without it does not exist. A crash before the
+directory reached the disk can leave any subset of those three entry changes
+(POSIX does not order them): recovery discards a ``.meta`` without its
+``.data``, and one beside other bytes (an older meta over a newer body)
+fails the piece hashes every object is checked against after a crash.
+
+Recovery on start (time bounded, metadata only) deletes ``tmp/``, orphan
+``.data`` files, unreadable ``.meta`` files and objects whose data length
+differs. When ``CLEAN`` is absent (a crash, a SIGKILL, a power cut) every
+recovered object is marked *unverified*: it is re-hashed piece by piece
+before it is first served, and a background task verifies the rest; a piece
+that does not match its hash deletes the object, which the next request
+refetches. So a partial or corrupt object is never
 served as complete.
 
 Pieces and their hashes are the unit of integrity here and of peer assist
@@ -558,16 +564,18 @@ class Store:
         writer.final_path = data_path
 
         def durable() -> None:
+            # One directory fsync, not one per rename: each is a filesystem journal
+            # commit that stalls every other create and rename meanwhile (ext4), and
+            # recovery after a crash copes with any subset of the renames (see above).
             folder.mkdir(exist_ok=True)
             writer.fsync()
             writer.close_fd()
-            meta_path.unlink(missing_ok=True)  # replacing an older copy: uncommit it first
-            writer.path.replace(data_path)
-            _fsync_dir(folder)
             with open(meta_tmp, "wb") as fh:  # noqa: PTH123 - need the descriptor for fsync
                 fh.write(meta.to_json())
                 fh.flush()
                 os.fsync(fh.fileno())
+            meta_path.unlink(missing_ok=True)  # replacing an older copy: uncommit it first
+            writer.path.replace(data_path)
             meta_tmp.replace(meta_path)
             _fsync_dir(folder)
 

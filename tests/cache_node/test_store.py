@@ -146,6 +146,34 @@ async def test_recovery_discards_everything_not_committed(tmp_path: Path) -> Non
     assert again.stats.discarded_files >= 4
 
 
+async def test_any_subset_of_a_commits_renames_recovers_safely(tmp_path: Path) -> None:
+    """A commit fsyncs the directory once, after its renames (old ``.meta`` unlinked,
+    body to ``.data``, meta to ``.meta``); a crash before that may keep any subset.
+    A ``.meta`` whose ``.data`` rename was lost is discarded; an older ``.meta`` beside a
+    newer body of the same length fails its piece hashes after the unclean restart."""
+    store = _store(tmp_path)
+    await _put(store, "vod/lost-body", 20_000)
+    old = store.peek("vod/lost-body")
+    assert old is not None
+    old.data_path.unlink()  # the body's rename never reached the disk
+    # A refetch of a changed object: the new body's rename survived, the meta's did not.
+    writer = store.begin(_info("vod/changed", 20_000))
+    writer.write(_data("vod/changed", 20_000))
+    await writer.commit()
+    entry = store.peek("vod/changed")
+    assert entry is not None
+    older_meta = entry.data_path.with_suffix(".meta")
+    entry.data_path.write_bytes(_data("other bytes", 20_000))
+    again = Store(tmp_path, max_bytes=10 * 1024 * 1024, piece_size=PIECE)
+    unverified = again.recover(60)
+    assert "vod/lost-body" not in again
+    assert not old.data_path.with_suffix(".meta").exists()
+    assert [e.key for e in unverified] == ["vod/changed"]
+    assert not await again.verify(unverified[0])
+    assert "vod/changed" not in again
+    assert not older_meta.exists()
+
+
 async def test_a_fill_that_is_not_complete_never_commits(tmp_path: Path) -> None:
     store = _store(tmp_path)
     writer = store.begin(_info("vod/x", 10_000))
