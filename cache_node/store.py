@@ -28,8 +28,7 @@ differs. When ``CLEAN`` is absent (a crash, a SIGKILL, a power cut) every
 recovered object is marked *unverified*: it is re-hashed piece by piece
 before it is first served, and a background task verifies the rest; a piece
 that does not match its hash deletes the object, which the next request
-refetches. So a partial or corrupt object is never
-served as complete.
+refetches. So a partial or corrupt object is never served as complete.
 
 Pieces and their hashes are the unit of integrity here and of peer assist
 elsewhere (:meth:`Store.piece_hashes` feeds the tracker's signed manifests).

@@ -561,8 +561,9 @@ class Prepositioner:
             else:
                 entry = found
             self._release(task)  # a hit or a joined fill: nothing streams any more
-            self._count_stored(task)
-            if entry.size != task.item.size:
+            if entry.size == task.item.size:
+                self._count_stored(task)
+            else:
                 log.warning(
                     "prepos_size_mismatch",
                     key=task.key,
