@@ -50,19 +50,46 @@ def _dump(docs: Sequence[Manifest]) -> str:
 
 def _delete_cluster_scoped(cluster: Cluster) -> None:
     """Leave the private cluster as the next test expects it: no CRDs, no policy."""
+    crds = (*EDGEFILL_CRDS, *KOPF_CRDS)
     cluster.kubectl(
         "delete",
         "crd",
-        *EDGEFILL_CRDS,
-        *KOPF_CRDS,
+        *crds,
         "--ignore-not-found",
         "--wait=true",
-        "--timeout=240s",
+        "--timeout=150s",
         check=False,
         # CRD deletion (the API server's cleanup finalizer) has taken over 120 s on a
         # loaded CI machine; give it room rather than fail the next test's setup.
-        timeout=300,
+        timeout=200,
     )
+    left = [crd for crd in crds if _crd_exists(cluster, crd)]
+    if left:
+        # Once it did not finish in 240 s, and the next test's helm install then failed
+        # on a CRD it could not adopt. No test leaves custom objects behind (the
+        # dry-run tests create none), so the finalizer has nothing left to clean up:
+        # drop it, say so, and make sure the CRDs are gone.
+        print(f"CRDs still terminating after 150 s, finalizers removed: {left}", file=sys.stderr)
+        for crd in left:
+            cluster.kubectl(
+                "patch",
+                "crd",
+                crd,
+                "--type=merge",
+                "-p",
+                '{"metadata":{"finalizers":null}}',
+                check=False,
+            )
+        cluster.kubectl(
+            "wait",
+            "--for=delete",
+            *[f"crd/{crd}" for crd in left],
+            "--timeout=60s",
+            check=False,
+            timeout=90,
+        )
+        left = [crd for crd in crds if _crd_exists(cluster, crd)]
+    assert not left, f"CRDs not deleted: {left}"
     for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
         cluster.kubectl("delete", kind, POLICY, "--ignore-not-found", check=False)
 
