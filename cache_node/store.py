@@ -49,6 +49,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -169,17 +170,28 @@ _HASHING = concurrent.futures.ThreadPoolExecutor(
 )
 
 
+_READ_BUFFERS = threading.local()  # one reusable read buffer per hashing thread
+
+
 def _hash_range(fd: int, offset: int, length: int) -> str:
-    """SHA-256 of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup)."""
+    """SHA-256 of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup).
+
+    Reads into a buffer the thread keeps: a fresh piece-sized bytes object per
+    piece would be a large allocation and page-faulted memory for every piece.
+    """
     try:
+        buf: bytearray | None = getattr(_READ_BUFFERS, "buf", None)
+        if buf is None:
+            buf = _READ_BUFFERS.buf = bytearray(HASH_READ)
+        view = memoryview(buf)
         digest = hashlib.sha256()
         while length:
-            data = os.pread(fd, min(length, HASH_READ), offset)
-            if not data:
+            n = os.preadv(fd, [view[: min(length, HASH_READ)]], offset)
+            if not n:
                 raise StoreError(f"file ended {length} bytes early while hashing a piece")
-            digest.update(data)
-            offset += len(data)
-            length -= len(data)
+            digest.update(view[:n])
+            offset += n
+            length -= n
         return digest.hexdigest()
     finally:
         os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,22 @@ async def test_pieces_hashed_in_worker_threads_match_the_bytes_across_a_reset(
     ]
     assert entry.data_path.read_bytes() == new
     assert store.get("vod/r") is not None
+
+
+def test_a_piece_larger_than_the_read_buffer_hashes_in_several_reads(tmp_path: Path) -> None:
+    """Hashing threads read into one buffer each; a piece longer than it takes several
+    reads, and a file shorter than the piece is an error, not a short hash."""
+    size = store_module.HASH_READ * 2 + 12_345
+    data = _data("big", size + 100)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    assert store_module._hash_range(fd, 100, size) == hashlib.sha256(data[100:]).hexdigest()
+    fd = os.open(path, os.O_RDONLY)
+    assert store_module._hash_range(fd, 7, 1000) == hashlib.sha256(data[7:1007]).hexdigest()
+    fd = os.open(path, os.O_RDONLY)
+    with pytest.raises(store_module.StoreError, match="ended 1 bytes early"):
+        store_module._hash_range(fd, 101, size)
 
 
 async def test_an_aborted_fill_leaves_no_descriptor_behind(tmp_path: Path) -> None:
