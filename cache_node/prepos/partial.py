@@ -30,6 +30,7 @@ replaced by renaming a new link over it, or unlinked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -117,24 +118,45 @@ class Partials:
 
         Links the writer's temp file as the ``.part`` and writes a journal of the
         pieces complete so far. Raises :class:`OSError` when the link cannot be
-        made (then the fill simply has no partial).
+        made (then the fill simply has no partial). Blocking: on the event loop,
+        use :meth:`track_async`.
         """
+        known = writer.hashed_pieces()
+        self._held.add(key_digest(writer.info.key))
+        path = self._write(writer.path, writer.info, writer.piece_size, known)
+        return Journal(path, writer, len(known))
+
+    async def track_async(self, writer: Writer) -> Journal:
+        """:meth:`track` with its file work (a link, two renames, a write) in a thread.
+
+        The caller must not write to ``writer`` until this returns. The key enters
+        the index first: :meth:`may_hold` may say yes for a key without a partial,
+        never the reverse, also when this is cancelled while the thread still works.
+        """
+        known = writer.hashed_pieces()
+        self._held.add(key_digest(writer.info.key))
+        path = await asyncio.to_thread(
+            self._write, writer.path, writer.info, writer.piece_size, known
+        )
+        return Journal(path, writer, len(known))
+
+    def _write(
+        self, source: Path, info: ObjectInfo, piece_size: int, known: tuple[str, ...]
+    ) -> Path:
+        """Link ``source`` as the ``.part`` of ``info.key``, journal ``known``; the journal."""
         self.root.mkdir(parents=True, exist_ok=True)
-        data, journal = self._paths(writer.info.key)
+        data, journal = self._paths(info.key)
         token = secrets.token_hex(6)
         link = data.with_name(f"{data.name}.{token}.tmp")
-        os.link(writer.path, link)
+        os.link(source, link)
         link.replace(data)
-        known = writer.hashed_pieces()
-        pieces = len(known)
-        header = {"info": asdict(writer.info), "pieceSize": writer.piece_size}
+        header = {"info": asdict(info), "pieceSize": piece_size}
         lines = [json.dumps(header, separators=(",", ":")).encode()]
         lines += [h.encode() for h in known]
         tmp = journal.with_name(f"{journal.name}.{token}.tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n")
         tmp.replace(journal)
-        self._held.add(journal.stem)
-        return Journal(journal, writer, pieces)
+        return journal
 
     def load(self, key: str) -> Resume | None:
         """The verified prefix held for ``key``, or ``None`` (a bad partial is dropped)."""

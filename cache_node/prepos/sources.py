@@ -90,9 +90,11 @@ class PartialTracker:
     """The durable partial of one pre-positioning fill, shared by the sources of its chain.
 
     ``writer`` returns the store writer of the fill (``None`` before the headers
-    arrived). :meth:`sync` runs after each chunk the loader wrote: the first call
-    links the writer's temp file as the partial, later ones journal completed
-    pieces; a new or reset writer (the object changed) is tracked afresh.
+    arrived). :meth:`sync` runs whenever the loader has written a piece's last
+    byte (:meth:`due`): the first call links the writer's temp file as the
+    partial, later ones journal completed pieces; a new or reset writer (the
+    object changed) is tracked afresh. Between piece ends there is nothing to
+    journal, so the chunks in between cost no call.
     """
 
     def __init__(self, partials: Partials, writer: Callable[[], Writer | None]) -> None:
@@ -113,12 +115,20 @@ class PartialTracker:
         step = writer.piece_size
         return [chunk[:first]] + [chunk[at : at + step] for at in range(first, len(chunk), step)]
 
+    def due(self) -> bool:
+        """Whether the writer's bytes end at a piece boundary or at the body's end."""
+        writer = self._writer()
+        if self._failed or writer is None or writer.info.size <= writer.piece_size:
+            return False
+        written = writer.written
+        return written > 0 and (written % writer.piece_size == 0 or written == writer.info.size)
+
     async def sync(self) -> None:
         """Journal every piece the writer completed (waits for their hashes).
 
-        Called after each part of :meth:`split` is written, so a piece is journaled
-        before a byte of the next one is written: after a crash at most the piece
-        in flight is fetched again.
+        Called once a part of :meth:`split` that ends a piece is written, so a piece
+        is journaled before a byte of the next one is written: after a crash at
+        most the piece in flight is fetched again.
         """
         if self._failed:
             return
@@ -128,7 +138,7 @@ class PartialTracker:
         journal = self._journal
         if journal is None or not journal.follows(writer):
             try:
-                journal = self._journal = self._partials.track(writer)
+                journal = self._journal = await self._partials.track_async(writer)
             except OSError as exc:
                 self._failed = True  # no partial: a restart refetches this object whole
                 log.warning("prepos_partial_unavailable", key=writer.info.key, error=str(exc))
@@ -176,7 +186,8 @@ class _MeteredBody:
             on_bytes(self._source, size)
             for part in tracker.split(chunk):
                 yield part
-                await tracker.sync()
+                if tracker.due():
+                    await tracker.sync()
 
     async def release(self) -> None:
         if self._inner is not None:

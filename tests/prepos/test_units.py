@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import Counter
 from pathlib import Path
@@ -256,7 +257,8 @@ async def test_a_fill_journals_each_piece_before_writing_the_next(tmp_path: Path
             writer.write(part)
             journaled = len(journal.read_bytes().splitlines()) - 1
             worst = max(worst, writer.written - journaled * 1024)
-            await tracker.sync()
+            if tracker.due():  # as the fill does: only a piece's end has anything to journal
+                await tracker.sync()
     assert worst <= 1024
     assert len(journal.read_bytes().splitlines()) - 1 == 11  # every piece, the short one too
     entry = await writer.commit()
@@ -264,6 +266,49 @@ async def test_a_fill_journals_each_piece_before_writing_the_next(tmp_path: Path
     resume = partials.load("a/c")
     assert resume is not None
     assert resume.verified_bytes == len(data)
+
+
+async def test_the_tracker_is_due_at_each_piece_end_and_the_bodys_end(tmp_path: Path) -> None:
+    partials = Partials(tmp_path / "partial")
+    data = b"d" * 2500  # pieces of 1024: two whole ones and a short one
+    writer = _writer(tmp_path, _info("k", data), 1024)
+    tracker = PartialTracker(partials, lambda: writer)
+    assert not tracker.due()  # nothing written yet
+    due = []
+    for at in range(0, len(data), 256):
+        for part in tracker.split(data[at : at + 256]):
+            writer.write(part)
+            due.append((writer.written, tracker.due()))
+    assert [written for written, is_due in due if is_due] == [1024, 2048, 2500]
+    small = _writer(tmp_path / "small", _info("s", b"s" * 1024), 1024)
+    small.write(b"s" * 1024)
+    assert not PartialTracker(partials, lambda: small).due()  # one piece: never journaled
+    await writer.commit()
+    await small.commit()
+
+
+async def test_tracking_off_the_loop_enters_the_index_before_its_file_work(
+    tmp_path: Path,
+) -> None:
+    """:meth:`Partials.track_async` links and journals in a thread; the key is in the index
+    from its first step, so :meth:`Partials.may_hold` is never wrong about a partial that
+    exists, not even while (or if the caller is cancelled while) the thread works."""
+    partials = Partials(tmp_path / "partial")
+    data = b"q" * 3000
+    writer = _writer(tmp_path, _info("a/q", data), 1024)
+    writer.write(data[:2048])
+    writer.piece_hashes()
+    task = asyncio.create_task(partials.track_async(writer))
+    await asyncio.sleep(0)  # the task ran up to its thread hop
+    assert partials.may_hold("a/q")
+    journal = await task
+    assert journal.pieces == 2
+    assert journal.follows(writer)
+    assert (partials.root / (hashlib.sha256(b"a/q").hexdigest() + ".part")).exists()
+    writer.abort()
+    resume = partials.load("a/q")
+    assert resume is not None
+    assert resume.verified_bytes == 2048
 
 
 def test_a_reset_writer_is_not_followed_by_its_old_journal(tmp_path: Path) -> None:
