@@ -29,7 +29,8 @@ round's files are deleted before the next. Logs below WARNING are dropped.
 Not run in CI.
 
     flock /tmp/edgefill-heavy.lock python bench/fill/fill_throughput.py \\
-        [--objects 128] [--size-mib 8] [--concurrency 4] [--rounds 3]
+        [--objects 128] [--size-mib 8] [--concurrency 4] [--rounds 3] \\
+        [--event-loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -193,7 +194,10 @@ async def run(args: argparse.Namespace) -> None:
     mb = total / 1e6
     ratios: list[float] = []
     fill_ratios: list[float] = []
-    print(f"objects={args.objects} size={args.size_mib} MiB concurrency={args.concurrency}")
+    print(
+        f"objects={args.objects} size={args.size_mib} MiB concurrency={args.concurrency} "
+        f"event loop={args.event_loop}"
+    )
     with tempfile.TemporaryDirectory() as tmp, S3Server(log_path=Path(tmp) / "moto.log") as s3:
         root = Path(tmp)
         os.environ.update(s3.env())  # the node's default credential chain finds these
@@ -230,7 +234,19 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="alternating plain/node rounds")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the loop both sides run on (the node's --event-loop; its default is asyncio)",
+    )
+    args = parser.parse_args()
+    if args.event_loop == "uvloop":
+        import uvloop  # the node's optional extra (edgefill[fast])
+
+        uvloop.run(run(args))
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":
