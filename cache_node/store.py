@@ -186,7 +186,7 @@ def _hash_range(fd: int, offset: int, length: int) -> str:
         view = memoryview(buf)
         digest = hashlib.sha256()
         while length:
-            n = os.preadv(fd, [view[: min(length, HASH_READ)]], offset)
+            n = os.preadv(fd, [view[: min(length, len(view))]], offset)
             if not n:
                 raise StoreError(f"file ended {length} bytes early while hashing a piece")
             digest.update(view[:n])
