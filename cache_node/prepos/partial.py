@@ -113,25 +113,16 @@ class Partials:
         digest = key_digest(key)
         return self.root / f"{digest}.part", self.root / f"{digest}.journal"
 
-    def track(self, writer: Writer) -> Journal:
+    async def track(self, writer: Writer) -> Journal:
         """Keep ``writer``'s fill as the partial of its key (replaces any older partial).
 
         Links the writer's temp file as the ``.part`` and writes a journal of the
-        pieces complete so far. Raises :class:`OSError` when the link cannot be
-        made (then the fill simply has no partial). Blocking: on the event loop,
-        use :meth:`track_async`.
-        """
-        known = writer.hashed_pieces()
-        self._held.add(key_digest(writer.info.key))
-        path = self._write(writer.path, writer.info, writer.piece_size, known)
-        return Journal(path, writer, len(known))
-
-    async def track_async(self, writer: Writer) -> Journal:
-        """:meth:`track` with its file work (a link, two renames, a write) in a thread.
-
-        The caller must not write to ``writer`` until this returns. The key enters
-        the index first: :meth:`may_hold` may say yes for a key without a partial,
-        never the reverse, also when this is cancelled while the thread still works.
+        pieces complete so far, in a thread (a link, two renames, a write). The
+        caller must not write to ``writer`` until this returns. Raises
+        :class:`OSError` when the link cannot be made (then the fill simply has no
+        partial). The key enters the index first: :meth:`may_hold` may say yes for
+        a key without a partial, never the reverse, also when this is cancelled
+        while the thread still works.
         """
         known = writer.hashed_pieces()
         self._held.add(key_digest(writer.info.key))

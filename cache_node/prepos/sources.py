@@ -138,7 +138,7 @@ class PartialTracker:
         journal = self._journal
         if journal is None or not journal.follows(writer):
             try:
-                journal = self._journal = await self._partials.track_async(writer)
+                journal = self._journal = await self._partials.track(writer)
             except OSError as exc:
                 self._failed = True  # no partial: a restart refetches this object whole
                 log.warning("prepos_partial_unavailable", key=writer.info.key, error=str(exc))

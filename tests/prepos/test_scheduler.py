@@ -264,7 +264,7 @@ async def test_partial_from_an_earlier_run_resumes_or_refetches_whole(
     earlier = Store(store, 64 * 1024 * KiB, PIECE)
     earlier.recover(30.0)
     writer = earlier.begin(info)
-    journal = partials.track(writer)
+    journal = await partials.track(writer)
     writer.write(body[: 2 * PIECE + 5000])
     writer.piece_hashes()  # hashed in worker threads: wait, as the fill path does
     journal.sync()

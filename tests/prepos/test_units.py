@@ -204,11 +204,11 @@ def _part(tmp_path: Path, key: str) -> Path:
     )
 
 
-def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -> None:
+async def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -> None:
     partials = Partials(tmp_path / "store" / "prepos" / "partial")
     data = bytes(range(256)) * 40  # 10240 bytes, pieces of 1024
     writer = _writer(tmp_path, _info("a/b", data), 1024)
-    journal = partials.track(writer)
+    journal = await partials.track(writer)
     writer.write(data[:3000])  # pieces 0 and 1 complete, piece 2 in flight
     writer.piece_hashes()  # the store hashes whole pieces in worker threads: wait for them
     journal.sync()
@@ -224,7 +224,7 @@ def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: Path) -
     again = _writer(tmp_path / "run2", _info("a/b", data), 1024)
     again.write(resume.data_path.read_bytes()[:2048])
     again.piece_hashes()  # hashed in worker threads: wait, as the fill's sync does
-    journal = partials.track(again)
+    journal = await partials.track(again)
     assert journal.pieces == 2
     again.write(data[2048:])
     again.piece_hashes()
@@ -290,7 +290,7 @@ async def test_the_tracker_is_due_at_each_piece_end_and_the_bodys_end(tmp_path: 
 async def test_tracking_off_the_loop_enters_the_index_before_its_file_work(
     tmp_path: Path,
 ) -> None:
-    """:meth:`Partials.track_async` links and journals in a thread; the key is in the index
+    """Tracking (:meth:`Partials.track`) links and journals in a thread; the key is in the index
     from its first step, so :meth:`Partials.may_hold` is never wrong about a partial that
     exists, not even while (or if the caller is cancelled while) the thread works."""
     partials = Partials(tmp_path / "partial")
@@ -298,7 +298,7 @@ async def test_tracking_off_the_loop_enters_the_index_before_its_file_work(
     writer = _writer(tmp_path, _info("a/q", data), 1024)
     writer.write(data[:2048])
     writer.piece_hashes()
-    task = asyncio.create_task(partials.track_async(writer))
+    task = asyncio.create_task(partials.track(writer))
     await asyncio.sleep(0)  # the task ran up to its thread hop
     assert partials.may_hold("a/q")
     journal = await task
@@ -311,22 +311,22 @@ async def test_tracking_off_the_loop_enters_the_index_before_its_file_work(
     assert resume.verified_bytes == 2048
 
 
-def test_a_reset_writer_is_not_followed_by_its_old_journal(tmp_path: Path) -> None:
+async def test_a_reset_writer_is_not_followed_by_its_old_journal(tmp_path: Path) -> None:
     partials = Partials(tmp_path / "partial")
     data = b"y" * 4096
     writer = _writer(tmp_path, _info("k", data), 1024)
     writer.write(data[:2048])
-    journal = partials.track(writer)
+    journal = await partials.track(writer)
     assert journal.follows(writer)
     writer.reset(_info("k", data, etag='"e2"'))  # the object changed mid-fill
     assert not journal.follows(writer)
 
 
-def test_partial_with_a_corrupt_piece_keeps_only_the_prefix_before_it(tmp_path: Path) -> None:
+async def test_partial_with_a_corrupt_piece_keeps_only_the_prefix_before_it(tmp_path: Path) -> None:
     partials = Partials(tmp_path / "store" / "prepos" / "partial")
     data = b"x" * 4096
     writer = _writer(tmp_path, _info("k", data), 1024)
-    journal = partials.track(writer)
+    journal = await partials.track(writer)
     writer.write(data)
     writer.piece_hashes()
     journal.sync()
@@ -349,7 +349,7 @@ def test_unreadable_partial_is_dropped(tmp_path: Path) -> None:
     assert not journal.exists()
 
 
-def test_the_partials_index_knows_which_keys_may_have_a_partial(tmp_path: Path) -> None:
+async def test_the_partials_index_knows_which_keys_may_have_a_partial(tmp_path: Path) -> None:
     """A fill asks :meth:`Partials.may_hold` before reading a partial from disk: the index
     follows track and drop, and a new run (a restart) reads it back from the folder."""
     root = tmp_path / "store" / "prepos" / "partial"
@@ -357,7 +357,7 @@ def test_the_partials_index_knows_which_keys_may_have_a_partial(tmp_path: Path) 
     assert not partials.may_hold("a/b")
     data = b"z" * 4096
     writer = _writer(tmp_path, _info("a/b", data), 1024)
-    partials.track(writer)
+    await partials.track(writer)
     assert partials.may_hold("a/b")
     assert not partials.may_hold("a/c")
     assert Partials(root).may_hold("a/b")  # what a restarted node sees
