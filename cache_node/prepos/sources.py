@@ -103,10 +103,19 @@ class PartialTracker:
         self._journal: Journal | None = None
         self._failed = False
 
-    def split(self, chunk: bytes) -> list[bytes]:
-        """``chunk`` cut at the piece boundaries of the writer (see :meth:`sync`)."""
+    def _resumable(self) -> Writer | None:
+        """The fill's writer when its partial is kept: it exists, no partial error
+        happened, and the object has more than one piece (one piece or less is
+        simply fetched again)."""
         writer = self._writer()
         if self._failed or writer is None or writer.info.size <= writer.piece_size:
+            return None
+        return writer
+
+    def split(self, chunk: bytes) -> list[bytes]:
+        """``chunk`` cut at the piece boundaries of the writer (see :meth:`sync`)."""
+        writer = self._resumable()
+        if writer is None:
             return [chunk]
         into = writer.written % writer.piece_size
         if into + len(chunk) <= writer.piece_size:
@@ -117,8 +126,8 @@ class PartialTracker:
 
     def due(self) -> bool:
         """Whether the writer's bytes end at a piece boundary or at the body's end."""
-        writer = self._writer()
-        if self._failed or writer is None or writer.info.size <= writer.piece_size:
+        writer = self._resumable()
+        if writer is None:
             return False
         written = writer.written
         return written > 0 and (written % writer.piece_size == 0 or written == writer.info.size)
@@ -130,11 +139,9 @@ class PartialTracker:
         is journaled before a byte of the next one is written: after a crash at
         most the piece in flight is fetched again.
         """
-        if self._failed:
+        writer = self._resumable()
+        if writer is None:
             return
-        writer = self._writer()
-        if writer is None or writer.info.size <= writer.piece_size:
-            return  # one piece or less: nothing to resume
         journal = self._journal
         if journal is None or not journal.follows(writer):
             try:
