@@ -188,8 +188,28 @@ def plot(samples: list[Sample], path: Path) -> None:
     plt.close(fig)
 
 
+def contentsets_filled(stack: Stack) -> bool:
+    """Whether the operator reports every ContentSet Filled=True for its current generation.
+
+    The cluster's word, aggregated over every site the ContentSet selects: unlike the
+    nodes' own progress it cannot be complete for a fill plan a node has not received
+    yet (a node started before the operator rendered its ContentSets has an empty plan,
+    which is trivially "complete").
+    """
+    items = stack.get("contentsets").get("items") or []
+    for cs in items:
+        status = cs.get("status") or {}
+        if status.get("observedGeneration") != cs["metadata"].get("generation", 1):
+            return False
+        filled = [c for c in status.get("conditions") or [] if c.get("type") == "Filled"]
+        if not filled or filled[0].get("status") != "True":
+            return False
+    return bool(items)
+
+
 def wait_filled(stack: Stack, nodes: list[Node], timeout: float = 420) -> None:
-    """Until every node has stored every object it owns of every fill-plan entry."""
+    """Until every node has stored every object it owns of every fill-plan entry, and
+    the operator reports every ContentSet filled (see :func:`contentsets_filled`)."""
     last = ""
 
     def filled() -> bool:
@@ -201,7 +221,9 @@ def wait_filled(stack: Stack, nodes: list[Node], timeout: float = 420) -> None:
             if line != last:
                 say(f"fill: {line}")
                 last = line
-        return progress is not None and all(d >= t for d, t in progress.values())
+        if progress is None or not all(d >= t for d, t in progress.values()):
+            return False
+        return contentsets_filled(stack)
 
     eventually("pre-positioning complete", filled, timeout, 2.0)
 
