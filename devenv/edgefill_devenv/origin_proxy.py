@@ -9,8 +9,9 @@ node and moto: the node's ``origin.endpointUrl`` points here.
 It forwards every request unchanged (method, path, query, headers including
 the SigV4 ``Authorization`` and ``Host``) and streams the answer back.
 Faults are set per key with :meth:`OriginProxy.cut_body` (close the
-connection after N body bytes, for the next M GETs) and
-:meth:`OriginProxy.stall` (pause before the body).
+connection after N body bytes, for the next M GETs),
+:meth:`OriginProxy.corrupt_body` (flip one body byte in transit, length and
+headers unchanged) and :meth:`OriginProxy.stall` (pause before the body).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class OriginProxy:
     body_bytes: collections.Counter[str] = field(default_factory=collections.Counter)
     _cuts: dict[str, _Cut] = field(default_factory=dict)
     _stalls: dict[str, float] = field(default_factory=dict)
+    _corruptions: dict[str, list[int]] = field(default_factory=dict)  # key: [offset, times]
     pace_seconds: float = 0.0  # pause after every body chunk (slow origin)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
@@ -96,6 +98,11 @@ class OriginProxy:
         """
         self._cuts[key] = _Cut(after_bytes, times, then)
 
+    def corrupt_body(self, key: str, at_byte: int, times: int = 1) -> None:
+        """Flip the bits of body byte ``at_byte`` (of the object) in the next ``times``
+        GETs of ``key`` that carry it: a body damaged on the way, nothing else changed."""
+        self._corruptions[key] = [at_byte, times]
+
     def stall(self, key: str, seconds: float) -> None:
         self._stalls[key] = seconds
 
@@ -105,6 +112,7 @@ class OriginProxy:
         self.body_bytes.clear()
         self._cuts.clear()
         self._stalls.clear()
+        self._corruptions.clear()
         self.pace_seconds = 0.0
 
     def _key_of(self, path: str) -> str | None:
@@ -155,7 +163,16 @@ class OriginProxy:
     ) -> bool:
         """Stream the body; False when a cut was injected (connection aborted)."""
         sent = 0
+        first = _first_byte(upstream.headers.get("Content-Range"))
+        corrupt = self._corruptions.get(key) if key is not None and upstream.status < 300 else None
         async for chunk in upstream.content.iter_chunked(CHUNK):
+            if corrupt is not None and sent <= corrupt[0] - first < sent + len(chunk):
+                at = corrupt[0] - first - sent
+                chunk = chunk[:at] + bytes([chunk[at] ^ 0xFF]) + chunk[at + 1 :]
+                corrupt[1] -= 1
+                if corrupt[1] <= 0 and key is not None:
+                    self._corruptions.pop(key, None)
+                corrupt = None
             if cut is not None and sent + len(chunk) >= cut.after_bytes:
                 await resp.write(chunk[: cut.after_bytes - sent])
                 cut.times -= 1
@@ -204,6 +221,14 @@ class OriginProxy:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _first_byte(content_range: str | None) -> int:
+    """The object offset a body starts at: 0, or the first byte of ``bytes a-b/n``."""
+    if not content_range or not content_range.startswith("bytes "):
+        return 0
+    first, _, _ = content_range[len("bytes ") :].partition("-")
+    return int(first) if first.isdigit() else 0
 
 
 async def _serve(upstream: str, bucket: str, host: str, port: int) -> None:
