@@ -22,7 +22,10 @@ Within a fill:
   full jitter, and the whole fill by ``origin.totalDeadlineSeconds``;
 * the object is committed only when its length matches and every piece is
   hashed; on any failure the temp file is dropped and readers see
-  :class:`FillFailedError`, which the view turns into an aborted connection.
+  :class:`FillFailedError`, which the view turns into an aborted connection;
+* when the source sent the body's CRC-32 (:attr:`Opened.crc32`), the body must
+  match it: a damaged body is dropped and fetched again from zero, and
+  readers never get its last byte (a complete response is a verified one).
 
 Negative cache: a definitive 404 from the origin is remembered for
 ``serving.notFoundTtlSeconds`` (:class:`NegativeCache`), so a flood of requests
@@ -45,7 +48,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from cache_node.store import Entry, ObjectInfo, Store, Writer
+from cache_node.store import ChecksumMismatchError, Entry, ObjectInfo, Store, Writer
 from cache_node.upstream import (
     ChangedError,
     NotFoundError,
@@ -136,6 +139,9 @@ class Fill:
         self.pinned = False
         self.content_set: str | None = None
         self.body_in = False  # every byte of the body is written; the commit follows
+        # Called when the fill throws away the bytes it wrote because they were damaged
+        # (the origin's CRC-32 did not match): whoever kept a copy of them drops it too.
+        self.on_damaged: Callable[[], None] | None = None
         self._changed = asyncio.Event()  # set (and replaced) on every change, chunks too
         self._body_or_end = asyncio.Event()  # set once the body is in, or the fill ended
         self._ended = asyncio.Event()  # set once the fill ended
@@ -151,6 +157,23 @@ class Fill:
     @property
     def written(self) -> int:
         return self.writer.written if self.writer is not None else 0
+
+    @property
+    def readable(self) -> int:
+        """Bytes readers may send: all written ones, except that a body to be checked
+        against the origin's CRC-32 keeps its last byte until it passed."""
+        writer = self.writer
+        if writer is None:
+            return 0
+        written = writer.written
+        if (
+            written
+            and written == writer.info.size
+            and writer.crc32_expected is not None
+            and not self.body_in
+        ):
+            return written - 1
+        return written
 
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -191,12 +214,12 @@ class Fill:
         while True:
             if self.epoch != epoch:
                 raise FillFailedError(f"{self.key}: the object changed at the origin mid-fill")
-            if self.written > offset:
-                return self.written
+            if self.readable > offset:
+                return self.readable
             if self.error is not None:
                 raise self.error
             if self.done:
-                return self.written
+                return self.readable
             await self._changed.wait()
 
 
@@ -372,6 +395,8 @@ class Loader:
                     self._restart(fill, opened.info)
                     continue
                 writer = fill.writer
+                if writer.written == 0:
+                    writer.expect_crc32(opened.crc32)
                 async for chunk in opened.body.chunks():
                     writer.write(chunk)
                     fill._notify()
@@ -379,8 +404,25 @@ class Loader:
                     raise UpstreamError(
                         f"{fill.key}: body ended at {writer.written} of {writer.info.size} bytes"
                     )
+                if writer.crc32_expected is not None:
+                    await writer.hashes_through(writer.info.size)
+                    mismatch = writer.checksum_mismatch()
+                    if mismatch is not None:
+                        raise ChecksumMismatchError(mismatch)
                 fill.body_in = True
                 fill._body_or_end.set()
+                fill._notify()  # readers may take the last byte now
+            except ChecksumMismatchError as exc:
+                self._on_upstream_failure(upstream.source, "checksum_mismatch")
+                log.warning("fill_checksum_mismatch", key=fill.key, error=str(exc))
+                self._restart(fill, reason="body damaged")  # none of it can be trusted
+                if fill.on_damaged is not None:
+                    fill.on_damaged()
+                attempt += 1
+                if attempt >= self.retry.max_attempts:
+                    raise FillFailedError(f"{fill.key}: {exc}") from exc
+                await asyncio.sleep(self.retry.delay(attempt))
+                continue
             except UpstreamError as exc:
                 attempt += 1
                 if attempt >= self.retry.max_attempts:
@@ -407,9 +449,12 @@ class Loader:
             pieces=len(fill.entry.meta.piece_hashes),
         )
 
-    def _restart(self, fill: Fill, info: ObjectInfo | None = None) -> None:
-        """The object changed: drop what we hold; readers of the old bytes abort."""
-        log.warning("fill_restart", key=fill.key, reason="etag changed")
+    def _restart(
+        self, fill: Fill, info: ObjectInfo | None = None, *, reason: str = "etag changed"
+    ) -> None:
+        """Drop what we hold (the object changed, or arrived damaged); readers of the
+        old bytes abort."""
+        log.warning("fill_restart", key=fill.key, reason=reason)
         if fill.writer is not None:
             if info is None:
                 fill.writer.abort()

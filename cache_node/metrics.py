@@ -147,7 +147,8 @@ class Metrics:
         self.upstream_failures = Counter(
             "edgefill_upstream_failures",
             "Fill sources that could not serve a key, by source (peer, parent, origin) and "
-            "cause (content_miss: it does not hold the key; health_miss: it could not answer).",
+            "cause (content_miss: it does not hold the key; health_miss: it could not answer; "
+            "checksum_mismatch: its body did not match the CRC-32 the origin sent).",
             ["source", "cause"],
             registry=r,
         )

@@ -11,7 +11,14 @@ What aiobotocore does not do for us, and this module does:
   zero), everything else → :class:`UpstreamError` (retry with backoff);
 * bodies always released: :meth:`_S3Body.release` closes the response even
   when the reader stopped early, so the bounded pool
-  (``maxConnections``) never leaks connections.
+  (``maxConnections``) never leaks connections;
+* the CRC-32 check of a GetObject body moved off the event loop: botocore
+  computes it on the thread that reads the body, chunk by chunk. The client
+  here leaves that one algorithm to the caller (:func:`_leave_crc32_to_us`),
+  and :meth:`S3Origin.open` hands the origin's value on in
+  :attr:`Opened.crc32`: the store computes the CRC-32 of each piece in its
+  hashing threads and compares the combination before the commit. Other
+  algorithms (SHA-256, ...) stay botocore's.
 
 botocore's own retries stop once headers arrive and never cover a body, so
 they are limited to one attempt here; the load path retries (with backoff and
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -33,6 +41,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cache_node import crc32
 from cache_node.config import Origin
 from cache_node.store import ObjectInfo
 from cache_node.upstream import (
@@ -50,6 +59,18 @@ if TYPE_CHECKING:
 CHUNK = 256 * 1024
 THROUGHPUT_WINDOW_SECONDS = 5.0
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+def _leave_crc32_to_us(context: dict[str, Any], **_: Any) -> None:
+    """A ``before-call.s3.GetObject`` handler: botocore checks no CRC-32 on this call.
+
+    botocore chose the response algorithms it would check just before this event;
+    dropping CRC-32 from them leaves the header in the response (``ChecksumCRC32``)
+    for :meth:`S3Origin.open` and :meth:`S3Origin.get_small` to check instead.
+    """
+    algorithms = context.get("checksum", {}).get("response_algorithms")
+    if isinstance(algorithms, list) and "crc32" in algorithms:
+        algorithms.remove("crc32")
 
 
 def _credentials(origin: Origin) -> tuple[str | None, str | None]:
@@ -152,6 +173,7 @@ class S3Origin:
                 aws_secret_access_key=secret_key,
             )
         )
+        self._client.meta.events.register("before-call.s3.GetObject", _leave_crc32_to_us)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -186,7 +208,14 @@ class S3Origin:
         if body_start != start:
             resp["Body"].close()
             raise UpstreamError(f"{key}: asked for bytes from {start}, got from {body_start}")
-        return Opened(info=info, start=start, body=_S3Body(resp, self._min_throughput(), key))
+        # S3 sends the whole object's checksum with a GET of all of it, not with a range.
+        whole = start == 0 and not resp.get("ContentRange")
+        return Opened(
+            info=info,
+            start=start,
+            body=_S3Body(resp, self._min_throughput(), key),
+            crc32=crc32.from_s3(resp.get("ChecksumCRC32")) if whole else None,
+        )
 
     def _min_throughput(self) -> int:
         return self.config.min_throughput_bytes_per_second
@@ -231,6 +260,11 @@ class S3Origin:
             raise UpstreamError(f"s3://{bucket}/{key}: body broke off: {exc}") from exc
         finally:
             body.close()
+        expected = crc32.from_s3(response.get("ChecksumCRC32"))
+        if expected is not None and zlib.crc32(data) != expected:
+            raise UpstreamError(
+                f"s3://{bucket}/{key}: the body does not match the CRC-32 the origin sent"
+            )
         return data
 
 

@@ -51,11 +51,13 @@ import secrets
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cache_node import crc32
 from cache_node.eviction import Policy, PolicyName, make_policy
 
 META_VERSION = 1
@@ -69,6 +71,10 @@ class StoreError(Exception):
 
 class IncompleteBodyError(StoreError):
     """The body ended before (or ran past) the length the origin announced."""
+
+
+class ChecksumMismatchError(StoreError):
+    """The body's CRC-32 differs from the one the origin sent: it was damaged on the way."""
 
 
 @dataclass(frozen=True)
@@ -173,11 +179,13 @@ _HASHING = concurrent.futures.ThreadPoolExecutor(
 _READ_BUFFERS = threading.local()  # one reusable read buffer per hashing thread
 
 
-def _hash_range(fd: int, offset: int, length: int) -> str:
-    """SHA-256 of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup).
+def _hash_range(fd: int, offset: int, length: int, with_crc: bool) -> tuple[str, int | None]:
+    """SHA-256 of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup), and
+    their CRC-32 when ``with_crc`` (the origin sent a checksum to compare with).
 
     Reads into a buffer the thread keeps: a fresh piece-sized bytes object per
     piece would be a large allocation and page-faulted memory for every piece.
+    Both digests release the GIL over the buffer, so the loop runs meanwhile.
     """
     try:
         buf: bytearray | None = getattr(_READ_BUFFERS, "buf", None)
@@ -185,19 +193,24 @@ def _hash_range(fd: int, offset: int, length: int) -> str:
             buf = _READ_BUFFERS.buf = bytearray(HASH_READ)
         view = memoryview(buf)
         digest = hashlib.sha256()
+        crc = 0
         while length:
             n = os.preadv(fd, [view[: min(length, len(view))]], offset)
             if not n:
                 raise StoreError(f"file ended {length} bytes early while hashing a piece")
             digest.update(view[:n])
+            if with_crc:
+                crc = zlib.crc32(view[:n], crc)
             offset += n
             length -= n
-        return digest.hexdigest()
+        return digest.hexdigest(), (crc if with_crc else None)
     finally:
         os.close(fd)
 
 
-def _piece_hash(future: concurrent.futures.Future[str], key: str) -> str:
+def _piece_hash(
+    future: concurrent.futures.Future[tuple[str, int | None]], key: str
+) -> tuple[str, int | None]:
     try:
         return future.result()
     except OSError as exc:
@@ -230,6 +243,11 @@ class Writer:
     biggest cost of a fill on the loop's thread. :meth:`hashed_pieces` is the
     prefix of piece hashes known so far, :meth:`hashes_through` waits for a
     prefix, and :meth:`commit` waits for all of them.
+
+    When the origin sent the body's CRC-32 (:meth:`expect_crc32`), the same jobs
+    compute each piece's CRC-32 from the bytes they read, and
+    :meth:`checksum_mismatch` compares their combination with it (botocore would
+    have done this on the loop as the body streamed; see :mod:`cache_node.crc32`).
     """
 
     def __init__(
@@ -246,7 +264,11 @@ class Writer:
         self.written = 0
         self.final_path: Path | None = None  # set just before the commit renames the file
         self._hashes: list[str] = []  # the known prefix of piece hashes
-        self._pending: collections.deque[concurrent.futures.Future[str]] = collections.deque()
+        self._crcs: list[int | None] = []  # the CRC-32 of each of those pieces, when computed
+        self._pending: collections.deque[concurrent.futures.Future[tuple[str, int | None]]] = (
+            collections.deque()
+        )
+        self.crc32_expected: int | None = None  # the origin's CRC-32 of the whole body
         self._submitted = 0  # bytes handed to hashing (whole pieces, then the short last one)
         self._closed = False
 
@@ -267,8 +289,43 @@ class Writer:
             length = min(piece, self.written - self._submitted)
             # A descriptor of its own: the job outlives an abort or a reset of this writer.
             fd = os.dup(self._fd)
-            self._pending.append(_HASHING.submit(_hash_range, fd, self._submitted, length))
+            with_crc = self.crc32_expected is not None
+            job = _HASHING.submit(_hash_range, fd, self._submitted, length, with_crc)
+            self._pending.append(job)
             self._submitted += length
+
+    def expect_crc32(self, value: int | None) -> None:
+        """Check the body against ``value``, the CRC-32 of the whole object the origin
+        sent (``None``: there is none to check). Only before the first byte is written:
+        every piece's CRC-32 must be computed."""
+        if self._submitted:
+            raise ValueError(f"{self.info.key}: a checksum is expected before any byte")
+        self.crc32_expected = value
+
+    def checksum_mismatch(self) -> str | None:
+        """Why the written body does not match the origin's CRC-32, or ``None``.
+
+        Call once every piece is hashed (after :meth:`hashes_through` the size).
+        """
+        expected = self.crc32_expected
+        if expected is None:
+            return None
+        self.hashed_pieces()
+        if self._pending or len(self._crcs) * self.piece_size < self.written:
+            raise RuntimeError(f"{self.info.key}: the CRC-32 is asked before every piece is hashed")
+        piece = self.piece_size
+        parts: list[tuple[int, int]] = []
+        for index, value in enumerate(self._crcs):
+            if value is None:  # a piece hashed before the expectation: cannot happen
+                raise RuntimeError(f"{self.info.key}: piece {index} has no CRC-32")
+            parts.append((value, min(piece, self.info.size - index * piece)))
+        got = crc32.combine_all(parts)
+        if got == expected:
+            return None
+        return (
+            f"{self.info.key}: the body's CRC-32 is {crc32.to_s3(got)}, the origin sent "
+            f"{crc32.to_s3(expected)}"
+        )
 
     def reset(self, info: ObjectInfo) -> None:
         """Start again from byte zero (the origin's object changed: 412 on resume)."""
@@ -276,15 +333,21 @@ class Writer:
         os.ftruncate(self._fd, 0)
         self.written = 0
         self._hashes = []
+        self._crcs = []
         self._pending = collections.deque()  # jobs still running hash bytes nobody wants
         self._submitted = 0
+        self.crc32_expected = None  # the next open from byte zero tells the new one
 
     def hashed_pieces(self) -> tuple[str, ...]:
         """The hashes of the leading pieces hashed so far (whole pieces, or all at the end)."""
         pending = self._pending
         while pending and pending[0].done():
-            self._hashes.append(_piece_hash(pending.popleft(), self.info.key))
+            self._took(_piece_hash(pending.popleft(), self.info.key))
         return tuple(self._hashes)
+
+    def _took(self, result: tuple[str, int | None]) -> None:
+        self._hashes.append(result[0])
+        self._crcs.append(result[1])
 
     async def hashes_through(self, offset: int) -> tuple[str, ...]:
         """Wait until every piece that ends at or before ``offset`` is hashed; the prefix."""
@@ -299,7 +362,7 @@ class Writer:
                 # waiter is cancelled nor raises its error (_piece_hash below reports it).
                 await asyncio.wait([asyncio.wrap_future(future)])
                 continue  # look again: the writer may have been reset meanwhile
-            self._hashes.append(_piece_hash(pending.popleft(), self.info.key))
+            self._took(_piece_hash(pending.popleft(), self.info.key))
 
     def piece_hashes(self) -> tuple[str, ...]:
         """The hashes of every complete piece (blocks until they are hashed; sync callers)."""

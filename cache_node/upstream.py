@@ -40,11 +40,17 @@ class SlowUpstreamError(UpstreamError):
 
 @dataclass
 class Opened:
-    """Headers received: the object's validators and its body from ``start``."""
+    """Headers received: the object's validators and its body from ``start``.
+
+    ``crc32`` is the CRC-32 of the whole object when the source sent one with a
+    body from byte zero (S3's ``x-amz-checksum-crc32``); the store checks the
+    body against it before the commit.
+    """
 
     info: ObjectInfo
     start: int
     body: Body
+    crc32: int | None = None
 
 
 class Body(Protocol):

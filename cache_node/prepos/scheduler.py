@@ -554,6 +554,10 @@ class Prepositioner:
                 # Set before the fill's task first runs: lookup does not yield after
                 # creating it. A fill a client miss started never uses this chain.
                 started.append(found)
+                # A body that failed the origin's checksum is fetched again whole: its
+                # partial (journaled hashes of damaged bytes) must not be resumed from.
+                key = task.key
+                found.on_damaged = lambda: self.partials.drop(key)
                 # The stream ends when the last byte is written: free the fill slot
                 # then, so the next stream overlaps this one's commit (its fsyncs).
                 entry = await _wait(found, on_body=lambda: self._release(task))

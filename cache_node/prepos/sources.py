@@ -30,7 +30,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -232,10 +232,10 @@ class Metered:
                 if opened is not None:
                     return opened
             opened = await self.inner.open(key, 0, None)
-            return Opened(info=opened.info, start=0, body=self._body(opened, None))
+            return replace(opened, body=self._body(opened, None))
         # The loader resumes a body that broke off in this run (same writer, same partial).
         opened = await self.inner.open(key, start, if_match)
-        return Opened(info=opened.info, start=start, body=self._body(opened, None))
+        return replace(opened, body=self._body(opened, None))
 
     async def _resume(self, key: str, resume: Resume) -> Opened | None:
         prefix = _LocalBody(resume.data_path, resume.verified_bytes)

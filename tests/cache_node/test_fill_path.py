@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from multidict import CIMultiDict
 
 from cache_node.config import NodeConfig
+from cache_node.origin import S3Origin
 from edgefill_devenv.origin_proxy import OriginProxy
 
 from .conftest import Bucket, KiB, live_node, until
@@ -262,3 +264,62 @@ async def test_liveness_fails_after_a_failed_store_recovery(
         assert (await resp.json())["reason"].startswith("store recovery exceeded")
         resp = await client.get("/readyz")
         assert resp.status == 503
+
+
+async def test_the_origin_hands_its_crc32_to_the_store_not_to_botocore(
+    bucket: Bucket, config_for: Callable[..., NodeConfig]
+) -> None:
+    """A full GET carries the object's CRC-32 for the store to check off the loop; the
+    body itself is botocore's plain stream (no CRC over each chunk on the event loop).
+    A ranged GET carries none (S3 sends the whole object's checksum with all of it)."""
+    key = "vod/medium.bin"
+    data = bucket.objects[key]
+    cfg = config_for(bucket.server.endpoint_url, bucket.name)
+    origin = S3Origin(cfg.origin)
+    await origin.start()
+    try:
+        whole = await origin.open(key, 0, None)
+        try:
+            assert whole.crc32 == zlib.crc32(data)
+            stream = whole.body._stream  # type: ignore[attr-defined]
+            assert "Checksum" not in type(stream).__name__  # not botocore's checking body
+            got = b"".join([chunk async for chunk in whole.body.chunks()])
+            assert got == data
+        finally:
+            await whole.body.release()
+        tail = await origin.open(key, 1000, None)
+        try:
+            assert tail.crc32 is None
+            assert b"".join([chunk async for chunk in tail.body.chunks()]) == data[1000:]
+        finally:
+            await tail.body.release()
+    finally:
+        await origin.close()
+
+
+async def test_a_body_damaged_on_the_way_is_fetched_again_and_never_served_whole(
+    bucket: Bucket, proxy: OriginProxy, config_for: Callable[..., NodeConfig]
+) -> None:
+    """One byte flipped in transit (length and headers intact): the body fails the
+    origin's CRC-32, the client that read it cut-through is aborted before its last
+    byte, the node fetches the object again whole and stores the right bytes."""
+    key = "vod/medium.bin"
+    proxy.corrupt_body(key, at_byte=100 * KiB, times=1)
+    async with (
+        live_node(config_for(proxy.endpoint_url, bucket.name)) as node,
+        aiohttp.ClientSession() as s,
+    ):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await _get(s, f"{node.client_url}/{key}")
+        await until(lambda: key in node.store, "the second fetch committed")
+        entry = node.store.get(key)
+        assert entry is not None
+        assert entry.data_path.read_bytes() == bucket.objects[key]
+        status, headers, body = await _get(s, f"{node.client_url}/{key}")
+        assert (status, headers["X-EdgeFill-Result"]) == (200, "hit")
+        assert body == bucket.objects[key]
+        async with s.get(f"{node.metrics_url}/metrics") as resp:
+            text = await resp.text()
+    assert proxy.object_gets(key) == 2  # the damaged body, then the whole object again
+    assert proxy.range_gets[key] == 0  # no byte of the damaged body was kept
+    assert 'edgefill_upstream_failures_total{cause="checksum_mismatch",source="origin"} 1.0' in text

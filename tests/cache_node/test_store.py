@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import zlib
 from pathlib import Path
 
 import pytest
 
+from cache_node import crc32
 from cache_node import store as store_module
 from cache_node.store import IncompleteBodyError, ObjectInfo, Store, key_digest
 
@@ -92,12 +94,66 @@ def test_a_piece_larger_than_the_read_buffer_hashes_in_several_reads(tmp_path: P
     path = tmp_path / "f"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
-    assert store_module._hash_range(fd, 100, size) == hashlib.sha256(data[100:]).hexdigest()
+    assert store_module._hash_range(fd, 100, size, True) == (
+        hashlib.sha256(data[100:]).hexdigest(),
+        zlib.crc32(data[100:]),
+    )
     fd = os.open(path, os.O_RDONLY)
-    assert store_module._hash_range(fd, 7, 1000) == hashlib.sha256(data[7:1007]).hexdigest()
+    assert store_module._hash_range(fd, 7, 1000, False) == (
+        hashlib.sha256(data[7:1007]).hexdigest(),
+        None,
+    )
     fd = os.open(path, os.O_RDONLY)
     with pytest.raises(store_module.StoreError, match="ended 1 bytes early"):
-        store_module._hash_range(fd, 101, size)
+        store_module._hash_range(fd, 101, size, False)
+
+
+async def test_a_body_is_checked_against_the_origins_crc32_piece_by_piece(
+    tmp_path: Path,
+) -> None:
+    """Each piece's CRC-32 comes from its hashing job; their combination is compared
+    with the origin's value (the body's CRC-32 is never computed on the caller)."""
+    store = _store(tmp_path)
+    size = 3 * PIECE + 777
+    data = _data("vod/crc", size)
+    writer = store.begin(_info("vod/crc", size))
+    writer.expect_crc32(zlib.crc32(data))
+    for i in range(0, size, 5000):
+        writer.write(data[i : i + 5000])
+    await writer.hashes_through(size)
+    assert writer.checksum_mismatch() is None
+    entry = await writer.commit()
+    assert entry.data_path.read_bytes() == data
+
+    damaged = bytearray(data)
+    damaged[PIECE + 3] ^= 0x01
+    other = store.begin(_info("vod/crc-bad", size))
+    other.expect_crc32(zlib.crc32(data))
+    other.write(bytes(damaged))
+    await other.hashes_through(size)
+    reason = other.checksum_mismatch()
+    assert reason is not None
+    assert "vod/crc-bad" in reason
+    assert crc32.to_s3(zlib.crc32(bytes(damaged))) in reason
+    other.abort()
+
+
+async def test_a_crc32_is_expected_before_the_first_byte_and_a_reset_forgets_it(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    writer = store.begin(_info("vod/late", 2 * PIECE))
+    assert writer.checksum_mismatch() is None  # nothing to check against
+    writer.write(_data("vod/late", PIECE))  # a whole piece: hashed without a CRC
+    with pytest.raises(ValueError, match="before any byte"):
+        writer.expect_crc32(1)
+    writer.reset(_info("vod/late", 10))  # the object changed: start again from zero
+    assert writer.crc32_expected is None
+    writer.expect_crc32(zlib.crc32(b"0123456789"))
+    writer.write(b"0123456789")
+    await writer.hashes_through(10)
+    assert writer.checksum_mismatch() is None
+    writer.abort()
 
 
 async def test_an_aborted_fill_leaves_no_descriptor_behind(tmp_path: Path) -> None:

@@ -495,3 +495,30 @@ async def test_a_freed_slot_starts_the_next_fill_without_a_step(
             assert prepos.progress[SET].bytes_stored == TOTAL
         finally:
             await prepos.close()
+
+
+async def test_a_damaged_body_is_refetched_whole_and_its_partial_is_not_resumed(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The fill journals each piece's hash as it goes, so when the body then fails the
+    origin's CRC-32 its partial holds hashes of damaged bytes: it is dropped with the
+    bytes, and the second fetch takes the whole object, not a Range after that partial."""
+    key, size = "set/big.bin", 100 * KiB
+    bucket = seed(s3_server, {key: size})
+    async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
+        proxy.corrupt_body(key, at_byte=PIECE + 10, times=1)
+        cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, {"allowOutsideWindow": True})
+        async with running_node(cfg) as (node, _):
+            prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
+            try:
+                await settle(prepos)
+            finally:
+                await prepos.close()
+            assert node.store is not None
+            entry = node.store.peek(key)
+            assert entry is not None
+            assert entry.data_path.read_bytes() == object_bytes(key, size)
+        assert proxy.object_gets(key) == 2
+        assert proxy.range_gets[key] == 0
+        assert proxy.body_bytes[key] == 2 * size
+    assert prepos.partials.held_keys() == []
