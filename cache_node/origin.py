@@ -56,7 +56,7 @@ from cache_node.upstream import (
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024  # the most one read returns: what aiohttp has buffered, never a wait
 THROUGHPUT_WINDOW_SECONDS = 5.0
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
