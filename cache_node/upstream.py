@@ -54,8 +54,11 @@ class Opened:
 
 
 class Body(Protocol):
-    def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the body; raise :class:`UpstreamError` if it breaks off."""
+    def chunks(self) -> AsyncIterator[bytes | memoryview]:
+        """Yield the body; raise :class:`UpstreamError` if it breaks off.
+
+        A chunk may be a view into a larger ``bytes`` (never into a buffer that is
+        reused): the store writes it without a copy."""
 
     async def release(self) -> None:
         """Return or close the connection; always called, also after errors."""
