@@ -63,6 +63,9 @@ from cache_node.eviction import Policy, PolicyName, make_policy
 META_VERSION = 1
 CLEAN_MARK = "CLEAN"
 HASH_READ = 4 * 1024 * 1024  # bytes per read when hashing a piece back from the file
+# Fill bytes all writers together may keep in memory until their piece is hashed
+# (see Writer); a piece that does not fit is read back from the page cache instead.
+HASH_FROM_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -179,6 +182,45 @@ _HASHING = concurrent.futures.ThreadPoolExecutor(
 _READ_BUFFERS = threading.local()  # one reusable read buffer per hashing thread
 
 
+class _HeldBytes:
+    """Fill bytes held in memory for hashing, across all writers, up to a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()  # hashing threads give back, the loop takes
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+_HELD = _HeldBytes(HASH_FROM_MEMORY_BYTES)
+
+
+def _hash_views(views: list[memoryview], with_crc: bool, held: int) -> tuple[str, int | None]:
+    """SHA-256 (and CRC-32 when ``with_crc``) of a piece still in memory, as the
+    views of the chunks it was written from; gives ``held`` bytes back to
+    :data:`_HELD`. Both digests release the GIL over each view."""
+    try:
+        digest = hashlib.sha256()
+        crc = 0
+        for view in views:
+            digest.update(view)
+            if with_crc:
+                crc = zlib.crc32(view, crc)
+        return digest.hexdigest(), (crc if with_crc else None)
+    finally:
+        _HELD.give(held)
+
+
 def _hash_range(fd: int, offset: int, length: int, with_crc: bool) -> tuple[str, int | None]:
     """SHA-256 of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup), and
     their CRC-32 when ``with_crc`` (the origin sent a checksum to compare with).
@@ -238,9 +280,12 @@ class Writer:
 
     :meth:`write` writes on the caller's thread, so :attr:`written` bytes are
     always in the file. Hashing runs in worker threads (:data:`_HASHING`): when a
-    chunk completes a piece (or the last, short piece), the piece is read back
-    from the page cache and hashed there, off the event loop; SHA-256 was the
-    biggest cost of a fill on the loop's thread. :meth:`hashed_pieces` is the
+    chunk completes a piece (or the last, short piece), the piece is hashed
+    there, off the event loop; SHA-256 was the biggest cost of a fill on the
+    loop's thread. The job hashes the chunks the piece was written from, kept
+    (as views, no copy) while the piece was written, when they are immutable
+    ``bytes`` and :data:`HASH_FROM_MEMORY_BYTES` has room; otherwise it reads
+    the piece back from the page cache. :meth:`hashed_pieces` is the
     prefix of piece hashes known so far, :meth:`hashes_through` waits for a
     prefix, and :meth:`commit` waits for all of them.
 
@@ -269,6 +314,8 @@ class Writer:
             collections.deque()
         )
         self.crc32_expected: int | None = None  # the origin's CRC-32 of the whole body
+        self._parts: list[memoryview] = []  # the piece being written, for its hash job
+        self._holding = 0  # bytes of _HELD taken for that piece (0: it is read back)
         self._submitted = 0  # bytes handed to hashing (whole pieces, then the short last one)
         self._closed = False
 
@@ -278,21 +325,49 @@ class Writer:
                 f"{self.info.key}: body longer than the announced {self.info.size} bytes"
             )
         view = memoryview(chunk).cast("B")
-        while view:
-            n = os.pwrite(self._fd, view, self.written)
+        rest = view
+        while rest:
+            n = os.pwrite(self._fd, rest, self.written)
             self.written += n
-            view = view[n:]
-        piece = self.piece_size
-        while self.written - self._submitted >= piece or (
-            self.written == self.info.size and self._submitted < self.written
-        ):
-            length = min(piece, self.written - self._submitted)
-            # A descriptor of its own: the job outlives an abort or a reset of this writer.
-            fd = os.dup(self._fd)
+            rest = rest[n:]
+        self._to_hashing(view)
+
+    def _to_hashing(self, view: memoryview) -> None:
+        """Keep ``view`` (just written) for its pieces' hash jobs; submit each piece
+        it completes."""
+        # A buffer its owner reuses may change before the job reads it: read that back.
+        immutable = isinstance(view.obj, bytes)
+        at = self.written - len(view)  # the object offset of view[0]
+        pos = 0
+        while pos < len(view):
+            length = min(self.piece_size, self.info.size - self._submitted)  # this piece
+            if at + pos == self._submitted:  # the piece starts here
+                self._holding = length if immutable and _HELD.take(length) else 0
+            take = min(len(view) - pos, self._submitted + length - (at + pos))
+            if self._holding:
+                if immutable:
+                    self._parts.append(view[pos : pos + take])
+                else:
+                    self._drop_held()
+            pos += take
+            if at + pos < self._submitted + length:
+                break  # the piece goes on in the next chunk
             with_crc = self.crc32_expected is not None
-            job = _HASHING.submit(_hash_range, fd, self._submitted, length, with_crc)
+            if self._holding:
+                job = _HASHING.submit(_hash_views, self._parts, with_crc, self._holding)
+                self._parts, self._holding = [], 0
+            else:
+                # A descriptor of its own: the job outlives an abort or a reset.
+                fd = os.dup(self._fd)
+                job = _HASHING.submit(_hash_range, fd, self._submitted, length, with_crc)
             self._pending.append(job)
             self._submitted += length
+
+    def _drop_held(self) -> None:
+        """Give back the memory kept for the piece being written (it is read back)."""
+        if self._holding:
+            _HELD.give(self._holding)
+        self._parts, self._holding = [], 0
 
     def expect_crc32(self, value: int | None) -> None:
         """Check the body against ``value``, the CRC-32 of the whole object the origin
@@ -337,6 +412,7 @@ class Writer:
         self._pending = collections.deque()  # jobs still running hash bytes nobody wants
         self._submitted = 0
         self.crc32_expected = None  # the next open from byte zero tells the new one
+        self._drop_held()
 
     def hashed_pieces(self) -> tuple[str, ...]:
         """The hashes of the leading pieces hashed so far (whole pieces, or all at the end)."""
@@ -394,6 +470,7 @@ class Writer:
         os.fsync(self._fd)
 
     def abort(self) -> None:
+        self._drop_held()
         self.close_fd()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

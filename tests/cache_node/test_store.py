@@ -156,6 +156,41 @@ async def test_a_crc32_is_expected_before_the_first_byte_and_a_reset_forgets_it(
     writer.abort()
 
 
+async def test_pieces_hash_from_the_written_chunks_or_read_back_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A piece is hashed from the chunks it was written from while the memory bound
+    has room and the chunks are immutable; otherwise it is read back from the file.
+    Either way the hashes are the file's, and every held byte is given back."""
+    store = _store(tmp_path)
+    size = 4 * PIECE + 99
+    data = _data("vod/mem", size)
+    expected = [hashlib.sha256(data[i : i + PIECE]).hexdigest() for i in range(0, size, PIECE)]
+    held = store_module._HELD
+    assert held.used == 0
+
+    writer = store.begin(_info("vod/mem", size))
+    writer.write(data[:7])  # bytes: kept for the hash job
+    buffer = bytearray(data[7 : PIECE + 500])
+    writer.write(buffer)  # a reusable buffer: this piece falls back to reading back
+    buffer[:] = bytes(len(buffer))  # its owner reuses it before the job ran
+    monkeypatch.setattr(held, "limit", PIECE)  # room for one piece at a time
+    rest = memoryview(data)[PIECE + 500 :]
+    for i in range(0, len(rest), 3000):
+        writer.write(rest[i : i + 3000])
+        assert held.used <= PIECE
+    assert list(await writer.hashes_through(size)) == expected
+    entry = await writer.commit()
+    assert entry.data_path.read_bytes() == data
+    assert held.used == 0
+
+    aborted = store.begin(_info("vod/gone", size))
+    aborted.write(data[: PIECE // 2])  # half a piece held in memory
+    assert held.used > 0
+    aborted.abort()
+    assert held.used == 0
+
+
 async def test_an_aborted_fill_leaves_no_descriptor_behind(tmp_path: Path) -> None:
     store = _store(tmp_path)
     before = _open_fds()
