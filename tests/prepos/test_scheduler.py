@@ -106,6 +106,21 @@ async def settle(prepos: Prepositioner, steps: int = 2000) -> None:
     raise AssertionError("pre-positioning never settled")
 
 
+async def _fill_alone(cfg: NodeConfig, key: str) -> tuple[bytes, bool]:
+    """Run one node's pre-positioning until it settles; ``key``'s stored bytes and
+    whether it is pinned."""
+    async with running_node(cfg) as (node, _):
+        prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
+        try:
+            await settle(prepos)
+        finally:
+            await prepos.close()
+        assert node.store is not None
+        entry = node.store.peek(key)
+        assert entry is not None
+        return entry.data_path.read_bytes(), entry.meta.pinned
+
+
 def _entry(node: Node) -> dict[str, Any]:
     doc = status_document(node)
     entries = {e["name"]: e for e in doc["fillPlan"]}
@@ -271,17 +286,9 @@ async def test_partial_from_an_earlier_run_resumes_or_refetches_whole(
     writer.close_fd()  # killed here: the next start wipes the store's tmp/, not the partial
     async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
         cfg = _config(store, proxy.endpoint_url, bucket, {"allowOutsideWindow": True})
-        async with running_node(cfg) as (node, _):
-            prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
-            try:
-                await settle(prepos)
-            finally:
-                await prepos.close()
-            assert node.store is not None
-            entry = node.store.peek(key)
-            assert entry is not None
-            assert entry.data_path.read_bytes() == body
-            assert entry.meta.pinned
+        data, pinned = await _fill_alone(cfg, key)
+        assert data == body
+        assert pinned
         if changed:
             # Range + If-Match met a 412: the object was fetched whole, once more.
             assert proxy.object_gets(key) == 2
@@ -508,17 +515,9 @@ async def test_a_damaged_body_is_refetched_whole_and_its_partial_is_not_resumed(
     async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:
         proxy.corrupt_body(key, at_byte=PIECE + 10, times=1)
         cfg = _config(tmp_path / "s", proxy.endpoint_url, bucket, {"allowOutsideWindow": True})
-        async with running_node(cfg) as (node, _):
-            prepos = Prepositioner(node, clock=Clock(datetime(2026, 1, 15, tzinfo=UTC)))
-            try:
-                await settle(prepos)
-            finally:
-                await prepos.close()
-            assert node.store is not None
-            entry = node.store.peek(key)
-            assert entry is not None
-            assert entry.data_path.read_bytes() == object_bytes(key, size)
+        data, _ = await _fill_alone(cfg, key)
+        assert data == object_bytes(key, size)
         assert proxy.object_gets(key) == 2
         assert proxy.range_gets[key] == 0
         assert proxy.body_bytes[key] == 2 * size
-    assert prepos.partials.held_keys() == []
+    assert Partials(tmp_path / "s" / "prepos" / "partial").held_keys() == []
