@@ -18,6 +18,13 @@ The lane also steps aside when the connection's write buffer is above aiohttp's
 high-water mark (a client that does not read its responses), so the full path's
 flow control applies, and it keeps aiohttp's keep-alive timer current.
 
+The handler also answers 501, not aiohttp's 400, when aiohttp's C parser
+refuses a request only for its method: a well-formed request line whose method
+is a token llhttp does not know (``BREW``, ``get``) is a method this server does
+not recognize (RFC 9110 §9.1: 501), not a malformed request. The method is read
+from the line the parser quotes in its error (:func:`unrecognized_method`);
+anything else it refuses (TLS on the plain port, a broken line) stays 400.
+
 The aiohttp internals this relies on (the request queue and its waiter, the
 parser, the keep-alive deadline, the pause/resume of reading at the queue
 limit) are checked when the module loads: with an aiohttp that lacks them,
@@ -27,15 +34,21 @@ full path. pyproject.toml bounds aiohttp to the minor versions tested.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import http_parser, web
+from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
+
+from cache_node.serve import not_implemented_reason
 
 Answer = Callable[[RawRequestMessage], bytes | None]
 
@@ -59,6 +72,29 @@ SUPPORTED = hasattr(RequestHandler, "_resume_reading_if_drained") and all(
 )
 
 
+# RFC 9112 §3: method SP request-target SP HTTP-version, the method a token (RFC 9110 §5.6.2).
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^\x00-\x20\x7f]+ HTTP/1\.[01]")
+_QUOTED_BYTES = re.compile(r"b'(?:[^'\\]|\\.)*'" + "|" + r'b"(?:[^"\\]|\\.)*"')
+
+
+def unrecognized_method(parser_message: str | None) -> str | None:
+    """The method of a well-formed request line that aiohttp's parser refused for its
+    method alone (its error quotes the line as a bytes literal), or ``None``."""
+    if not parser_message:
+        return None
+    quoted = _QUOTED_BYTES.search(parser_message)
+    if quoted is None:
+        return None
+    try:
+        line = ast.literal_eval(quoted.group(0))
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(line, bytes):
+        return None
+    found = _REQUEST_LINE.fullmatch(line)
+    return found.group(1).decode("ascii") if found else None
+
+
 class FastLaneHandler(RequestHandler):
     """aiohttp's connection protocol, answering what ``answer`` can before aiohttp sees it."""
 
@@ -67,6 +103,20 @@ class FastLaneHandler(RequestHandler):
     def __init__(self, manager: Server, *, answer: Answer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._answer = answer
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        """aiohttp's error answer, with 501 for a method this server does not recognize."""
+        if status == 400 and isinstance(exc, BadHttpMethod):
+            method = unrecognized_method(message)
+            if method is not None:
+                status, message = 501, not_implemented_reason(method) + "\n"
+        return super().handle_error(request, status, exc, message)
 
     def data_received(self, data: bytes) -> None:
         waiter = self._waiter

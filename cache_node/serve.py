@@ -11,8 +11,11 @@ lookup), ask the loader for a committed entry or a fill in progress, let
   finished cleanly: a client must not mistake a short body for an object.
 
 HTTP semantics decided here (RFC 9110): GET and HEAD are served; OPTIONS
-answers 204 with ``Allow``; every other method is 405 with ``Allow`` (aiohttp's
-parser answers 400 for a method it does not know at all). A request target in
+answers 204 with ``Allow``; the other methods RFC 9110 defines, and PATCH, are
+405 with ``Allow``; any other method is 501 (§9.1, §15.6.2: the server does not
+recognize it), also one aiohttp's parser refuses before routing (the fast
+lane's connection handler turns that 400 into 501 when the request line is
+well formed). A request target in
 absolute-form (RFC 9112 §3.2.2) names the same key as its origin-form; an
 HTTP/1.1 request without exactly one valid ``Host`` is a 400 (§3.2), on every
 route of the client port (:func:`http_rules`), which also answers
@@ -176,12 +179,26 @@ async def http_rules(
     return await handler(request)
 
 
+# Methods this server recognizes (RFC 9110 §9, and PATCH, RFC 5789): the ones it does
+# not serve are 405; a method outside this set is 501. Methods are case-sensitive.
+RECOGNIZED_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+def not_implemented_reason(method: str) -> str:
+    """The 501 reason for a method this server does not recognize."""
+    return f"method {method} is not implemented by this server; it serves GET and HEAD"
+
+
 def method_answer(method: str) -> web.Response | None:
     """``None`` for GET and HEAD; the answer for every other method (RFC 9110 §9)."""
     if method == "GET" or method == "HEAD":
         return None
     if method == "OPTIONS":
         return web.Response(status=204, headers={"Allow": ALLOW})
+    if method not in RECOGNIZED_METHODS:
+        return _error(501, not_implemented_reason(method))
     return _error(405, f"method {method} is not allowed here; use GET or HEAD", Allow=ALLOW)
 
 

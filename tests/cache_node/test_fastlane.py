@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from cache_node.config import NodeConfig
-from cache_node.fastlane import routed_elsewhere
+from cache_node.fastlane import routed_elsewhere, unrecognized_method
 from cache_node.serve import handle_object
 from edgefill_devenv.origin_proxy import OriginProxy
 
@@ -256,3 +256,21 @@ def test_paths_the_client_app_routes_elsewhere_are_never_the_lanes() -> None:
     assert not claimed("/vod/a.bin")
     app.router.add_static("/static", Path(__file__).parent)
     assert routed_elsewhere(app, handle_object)("/vod/a.bin")  # unknown kind: claim all
+
+
+def test_a_refused_method_is_read_from_the_parsers_error_only_on_a_well_formed_line() -> None:
+    """501 needs a request line that is well formed but for its method; everything else
+    the parser refuses stays its 400 (``None`` here)."""
+
+    def refused(line: bytes) -> str:
+        return f"Invalid method encountered:\n\n  {line!r}\n     ^"
+
+    assert unrecognized_method(refused(b"BREW /pot HTTP/1.1")) == "BREW"
+    assert unrecognized_method(refused(b"get /a?b='c' HTTP/1.0")) == "get"
+    assert unrecognized_method(refused(b"M-SEARCH * HTTP/1.1")) == "M-SEARCH"
+    assert unrecognized_method(refused(b"GE(T / HTTP/1.1")) is None  # not a token
+    assert unrecognized_method(refused(b"BREW /pot HTTP/2.0")) is None  # not HTTP/1.x
+    assert unrecognized_method(refused(b"BREW  /pot HTTP/1.1")) is None  # two spaces
+    assert unrecognized_method(refused(b"BREW /p\x00t HTTP/1.1")) is None  # a control byte
+    assert unrecognized_method("Received HTTPS traffic on an HTTP port") is None
+    assert unrecognized_method(None) is None
