@@ -52,7 +52,7 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -205,49 +205,50 @@ class _HeldBytes:
 _HELD = _HeldBytes(HASH_FROM_MEMORY_BYTES)
 
 
+def _digests(views: Iterable[memoryview], with_crc: bool) -> tuple[str, int | None]:
+    """SHA-256 of the bytes in ``views``, and their CRC-32 when ``with_crc`` (the origin
+    sent a checksum to compare with). Both release the GIL over each view."""
+    digest = hashlib.sha256()
+    crc = 0
+    for view in views:
+        digest.update(view)
+        if with_crc:
+            crc = zlib.crc32(view, crc)
+    return digest.hexdigest(), (crc if with_crc else None)
+
+
 def _hash_views(views: list[memoryview], with_crc: bool, held: int) -> tuple[str, int | None]:
-    """SHA-256 (and CRC-32 when ``with_crc``) of a piece still in memory, as the
-    views of the chunks it was written from; gives ``held`` bytes back to
-    :data:`_HELD`. Both digests release the GIL over each view."""
+    """:func:`_digests` of a piece still in memory, as the views of the chunks it was
+    written from; gives ``held`` bytes back to :data:`_HELD`."""
     try:
-        digest = hashlib.sha256()
-        crc = 0
-        for view in views:
-            digest.update(view)
-            if with_crc:
-                crc = zlib.crc32(view, crc)
-        return digest.hexdigest(), (crc if with_crc else None)
+        return _digests(views, with_crc)
     finally:
         _HELD.give(held)
 
 
 def _hash_range(fd: int, offset: int, length: int, with_crc: bool) -> tuple[str, int | None]:
-    """SHA-256 of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup), and
-    their CRC-32 when ``with_crc`` (the origin sent a checksum to compare with).
-
-    Reads into a buffer the thread keeps: a fresh piece-sized bytes object per
-    piece would be a large allocation and page-faulted memory for every piece.
-    Both digests release the GIL over the buffer, so the loop runs meanwhile.
-    """
+    """:func:`_digests` of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup)."""
     try:
-        buf: bytearray | None = getattr(_READ_BUFFERS, "buf", None)
-        if buf is None:
-            buf = _READ_BUFFERS.buf = bytearray(HASH_READ)
-        view = memoryview(buf)
-        digest = hashlib.sha256()
-        crc = 0
-        while length:
-            n = os.preadv(fd, [view[: min(length, len(view))]], offset)
-            if not n:
-                raise StoreError(f"file ended {length} bytes early while hashing a piece")
-            digest.update(view[:n])
-            if with_crc:
-                crc = zlib.crc32(view[:n], crc)
-            offset += n
-            length -= n
-        return digest.hexdigest(), (crc if with_crc else None)
+        return _digests(_read_back(fd, offset, length), with_crc)
     finally:
         os.close(fd)
+
+
+def _read_back(fd: int, offset: int, length: int) -> Iterator[memoryview]:
+    """``length`` bytes at ``offset`` of ``fd``, read into a buffer the thread keeps (each
+    view is valid until the next one): a fresh piece-sized bytes object per piece would
+    be a large allocation and page-faulted memory for every piece."""
+    buf: bytearray | None = getattr(_READ_BUFFERS, "buf", None)
+    if buf is None:
+        buf = _READ_BUFFERS.buf = bytearray(HASH_READ)
+    view = memoryview(buf)
+    while length:
+        n = os.preadv(fd, [view[: min(length, len(view))]], offset)
+        if not n:
+            raise StoreError(f"file ended {length} bytes early while hashing a piece")
+        yield view[:n]
+        offset += n
+        length -= n
 
 
 def _piece_hash(
@@ -373,7 +374,7 @@ class Writer:
         """Check the body against ``value``, the CRC-32 of the whole object the origin
         sent (``None``: there is none to check). Only before the first byte is written:
         every piece's CRC-32 must be computed."""
-        if self._submitted:
+        if self.written:
             raise ValueError(f"{self.info.key}: a checksum is expected before any byte")
         self.crc32_expected = value
 

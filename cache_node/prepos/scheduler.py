@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -556,8 +557,7 @@ class Prepositioner:
                 started.append(found)
                 # A body that failed the origin's checksum is fetched again whole: its
                 # partial (journaled hashes of damaged bytes) must not be resumed from.
-                key = task.key
-                found.on_damaged = lambda: self.partials.drop(key)
+                found.on_damaged = functools.partial(self.partials.drop, task.key)
                 # The stream ends when the last byte is written: free the fill slot
                 # then, so the next stream overlaps this one's commit (its fsyncs).
                 entry = await _wait(found, on_body=lambda: self._release(task))
