@@ -4,68 +4,33 @@ S3 answers a full GET of an object stored with a CRC-32 checksum with
 ``x-amz-checksum-crc32``: the base64 of the big-endian CRC-32 (the zlib/IEEE
 polynomial) of the whole object. botocore checks it while the body streams, on
 the thread that reads the body: the event loop. The store instead computes a
-CRC-32 of each piece in its hashing threads, from the bytes it reads back for
-SHA-256 anyway, and :func:`combine` joins them in piece order. Python's
-:mod:`zlib` can continue a running CRC over bytes in order only; it does not
-expose zlib's ``crc32_combine``, so that operator is built here.
+CRC-32 of each piece in its hashing threads, beside the piece's SHA-256, and
+:func:`combine_all` joins them in piece order.
 
-Why :func:`combine` is right: with ``f(v, D) = zlib.crc32(D, v)`` and ``Z`` a run
-of ``n = len(D)`` zero bytes, ``f`` is affine over GF(2), so
-``f(v, D) = f(0, D) ^ shift(v, n)`` with ``shift(v, n) = f(v, Z) ^ f(0, Z)``, a
-linear map of ``v``: "append ``n`` zero bytes". Hence
-``crc(A + B) = crc(B) ^ shift(crc(A), len(B))``. ``shift`` for ``n`` is the
-product of the maps for the powers of two in ``n``; each is a 32x32 bit matrix,
-kept as the images of the 32 unit vectors and made by squaring the one before.
+The CRC-32 itself is zlib-ng's (:func:`crc32`): it folds with carry-less
+multiplication (PCLMULQDQ/VPCLMULQDQ on x86-64, PMULL on Arm) at 10+ GiB/s
+where the system zlib's table-driven loop does 2.5-3.5 GiB/s, and it releases
+the GIL like :func:`zlib.crc32`. It also has ``crc32_combine``, which Python's
+:mod:`zlib` does not expose. The values are zlib's, bit for bit.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import zlib
 
-# _POWERS[k]: the images of 1 << i (i = 0..31) under "append 2**k zero bytes".
-_POWERS: list[tuple[int, ...]] = []
+from zlib_ng import zlib_ng
 
-
-def _apply(matrix: tuple[int, ...], vector: int) -> int:
-    out = 0
-    i = 0
-    while vector:
-        if vector & 1:
-            out ^= matrix[i]
-        vector >>= 1
-        i += 1
-    return out
-
-
-def _power(k: int) -> tuple[int, ...]:
-    while len(_POWERS) <= k:
-        if not _POWERS:
-            zero = zlib.crc32(b"\0")
-            _POWERS.append(tuple(zlib.crc32(b"\0", 1 << i) ^ zero for i in range(32)))
-        else:
-            last = _POWERS[-1]
-            _POWERS.append(tuple(_apply(last, column) for column in last))
-    return _POWERS[k]
-
-
-def shift(crc: int, length: int) -> int:
-    """``crc`` carried over ``length`` zero bytes, less their own CRC (see the module)."""
-    if length < 0:
-        raise ValueError("length must not be negative")
-    k = 0
-    while length:
-        if length & 1:
-            crc = _apply(_power(k), crc)
-        length >>= 1
-        k += 1
-    return crc
+crc32 = zlib_ng.crc32
+"""``crc32(data, value=0)``: the CRC-32 of ``data`` continuing from ``value``, as
+:func:`zlib.crc32`."""
 
 
 def combine(first: int, second: int, second_length: int) -> int:
     """The CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)``."""
-    return second ^ shift(first, second_length)
+    if second_length < 0:
+        raise ValueError("second_length must not be negative")
+    return zlib_ng.crc32_combine(first, second, second_length)
 
 
 def combine_all(pieces: list[tuple[int, int]]) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -261,7 +260,7 @@ class S3Origin:
         finally:
             body.close()
         expected = crc32.from_s3(response.get("ChecksumCRC32"))
-        if expected is not None and zlib.crc32(data) != expected:
+        if expected is not None and crc32.crc32(data) != expected:
             raise UpstreamError(
                 f"s3://{bucket}/{key}: the body does not match the CRC-32 the origin sent"
             )

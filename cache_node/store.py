@@ -51,7 +51,6 @@ import secrets
 import shutil
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -213,7 +212,7 @@ def _digests(views: Iterable[memoryview], with_crc: bool) -> tuple[str, int | No
     for view in views:
         digest.update(view)
         if with_crc:
-            crc = zlib.crc32(view, crc)
+            crc = crc32.crc32(view, crc)
     return digest.hexdigest(), (crc if with_crc else None)
 
 

@@ -39,21 +39,34 @@ def test_two_pieces_and_the_zero_length_identities() -> None:
     assert crc32.combine(zlib.crc32(a), 0, 0) == zlib.crc32(a)  # an empty second piece
     assert crc32.combine(0, zlib.crc32(b), len(b)) == zlib.crc32(b)  # an empty first piece
     assert crc32.combine_all([]) == zlib.crc32(b"") == 0
-    assert crc32.shift(0xDEADBEEF, 0) == 0xDEADBEEF
     with pytest.raises(ValueError, match="negative"):
-        crc32.shift(1, -1)
+        crc32.combine(1, 2, -1)
 
 
-def test_shift_over_a_length_beyond_any_buffer() -> None:
-    """Objects of terabytes: the operator for 2**k bytes comes from squaring, not zeros."""
+def test_the_crc_is_zlibs_bit_for_bit_also_continued_and_over_views() -> None:
+    data = random.Random(3).randbytes(300_000)
+    assert crc32.crc32(data) == zlib.crc32(data)
+    view = memoryview(data)
+    assert crc32.crc32(view[1000:], crc32.crc32(view[:1000])) == zlib.crc32(data)
+    assert crc32.crc32(b"") == 0
+
+
+def test_combining_over_a_length_beyond_any_buffer() -> None:
+    """Objects of terabytes: combining must not depend on the length being small.
+
+    ``combine(v, 0, n)`` is "append n zero bytes" less their own CRC, a linear map of
+    ``v`` (see zlib's crc32_combine). Appending n + 3 zeros is the same map whatever
+    the split, and linear; checked directly against zlib where the zeros fit in memory.
+    """
     n = (1 << 40) + 3
-    # Appending n zeros then three more equals appending (n - 3) then six: the map for a
-    # sum of lengths is the product of the maps, whatever the split.
-    left = crc32.shift(crc32.shift(0x12345678, n), 3)
-    right = crc32.shift(crc32.shift(0x12345678, n - 3), 6)
+    a, b = zlib.crc32(b"edgefill"), zlib.crc32(b"peer assist")
+    left = crc32.combine(crc32.combine(a, 0, n), 0, 3)
+    right = crc32.combine(crc32.combine(a, 0, n - 3), 0, 6)
     assert left == right
-    zeros = bytes(1000)
-    assert crc32.shift(0x12345678, 1000) == zlib.crc32(zeros, 0x12345678) ^ zlib.crc32(zeros)
+    assert crc32.combine(a ^ b, 0, n) == crc32.combine(a, 0, n) ^ crc32.combine(b, 0, n)
+    assert crc32.combine(a, 0, n) != crc32.combine(a, 0, n + 1)
+    zeros = bytes(5 << 20)
+    assert crc32.combine(a, zlib.crc32(zeros), len(zeros)) == zlib.crc32(zeros, a)
 
 
 def test_the_s3_header_form() -> None:
