@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -206,6 +208,22 @@ async def test_an_aborted_fill_leaves_no_descriptor_behind(tmp_path: Path) -> No
             break
         await asyncio.sleep(0.01)
     assert _open_fds() <= before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+def test_hashing_threads_run_nicer_than_the_thread_that_starts_them() -> None:
+    """The loop wins the CPU over piece hashing (store.HASHING_NICE); the caller keeps its own."""
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    # Enough jobs that every worker thread of the pool exists and answers.
+    barrier = threading.Barrier(store_module._HASHING._max_workers, timeout=10)
+
+    def nice_of_worker() -> int:
+        barrier.wait()
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    jobs = [store_module._HASHING.submit(nice_of_worker) for _ in range(barrier.parties)]
+    assert {job.result(timeout=10) for job in jobs} == {min(19, mine + store_module.HASHING_NICE)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 async def test_unclean_restart_verifies_and_drops_corrupt_objects(tmp_path: Path) -> None:
