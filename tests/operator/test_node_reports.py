@@ -122,7 +122,8 @@ def test_operator_reads_what_a_real_node_reports(
     )
     log.close()
     try:
-        _wait_http(f"http://{HOST}:{metrics}/healthz", proc)
+        # Ready, not just alive: a request before store recovery ends gets 503 "starting".
+        _wait_http(f"http://{HOST}:{metrics}/readyz", proc)
         for _ in range(2):  # a miss from the origin, then a hit
             with urllib.request.urlopen(f"http://{HOST}:{client}/{key}", timeout=30) as resp:
                 assert resp.read() == object_bytes(key, 300 * 1024)
