@@ -179,11 +179,10 @@ The event loop receives, writes and serves; hashing is work it hands off and
 waits for only at piece ends. When the node's threads and the origin's
 connections want more CPU than there is, the kernel's fair scheduler otherwise
 gives a hashing thread the CPU the loop was woken for: in bench/fill on two
-cores the loop waited 0.5-0.6 s per GiB runnable but not running, and the fill
-ran at ~0.80x a plain aiobotocore download. At +10 (a tenth of the loop's weight:
-the threads still get their share under contention, and all of an idle CPU) the
-wait was ~0.4 s and the ratio ~0.89x. Linux only (a thread's nice value is its
-own there); raising one's own nice value needs no privilege."""
+cores the loop waited 0.5-0.6 s per GiB runnable but not running (schedstat),
+and ~0.4 s at +10. +10 is a tenth of the loop's weight: the threads still get
+their share under contention, and all of an idle CPU. Linux only (a thread's
+nice value is its own there); raising one's own nice value needs no privilege."""
 
 
 def _hashing_thread_priority() -> None:
