@@ -53,13 +53,24 @@ class Resume:
 
 
 class Journal:
-    """Journals the pieces one store writer completes (its ``.part`` is linked to it)."""
+    """Journals the pieces one store writer completes (its ``.part`` is linked to it).
+
+    The journal is opened on the first append and kept open until every piece is
+    journaled or :meth:`close` is called: an open, append and close per piece (one
+    per MiB by default) cost the event loop more than the append itself. After
+    :meth:`close`, further appends open and close it each time, so a fill that
+    goes on in another task's hands holds no descriptor. The descriptor names the
+    journal's inode, not its path: a journal dropped and written anew for the
+    same key is never appended to by an older one.
+    """
 
     def __init__(self, path: Path, writer: Writer, pieces: int) -> None:
         self.path = path
         self.writer = writer
         self.info = writer.info
         self.pieces = pieces
+        self._fd: int | None = None
+        self._keep_open = True
 
     def follows(self, writer: Writer) -> bool:
         """Whether this journal still describes ``writer`` (not a new or reset one)."""
@@ -69,23 +80,40 @@ class Journal:
             and writer.written >= self.pieces * writer.piece_size
         )
 
-    def sync(self) -> None:
-        """Append the digests of the pieces completed since the last call.
+    @property
+    def is_open(self) -> bool:
+        """Whether the journal holds a descriptor between appends."""
+        return self._fd is not None
 
-        The journal is opened per append (once per piece, not per chunk), so no
-        descriptor outlives a fill that ends in another task's hands.
-        """
+    def sync(self) -> None:
+        """Append the digests of the pieces completed since the last call."""
         known = self.writer.hashed_pieces()
         complete = len(known)
         if complete <= self.pieces:
             return
         hashes = known[self.pieces : complete]
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        fd = self._fd
+        if fd is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             os.write(fd, b"".join(h.encode() + b"\n" for h in hashes))
-        finally:
+        except BaseException:
             os.close(fd)
+            self._fd = None
+            raise
         self.pieces = complete
+        if self._keep_open and complete * self.writer.piece_size < self.info.size:
+            self._fd = fd
+        else:  # every piece is journaled (nothing more to append), or closed for good
+            os.close(fd)
+            self._fd = None
+
+    def close(self) -> None:
+        """Give back the descriptor; later appends open the journal each time."""
+        self._keep_open = False
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class Partials:

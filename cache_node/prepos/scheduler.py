@@ -533,6 +533,7 @@ class Prepositioner:
 
     async def _fill(self, task: Task, cfg: NodeConfig) -> None:
         source = "local"
+        tracker: PartialTracker | None = None
         try:
             loader = self.node.loader
             if loader is None:
@@ -594,6 +595,8 @@ class Prepositioner:
             self.metrics.filled.labels("failed").inc()
             log.warning("prepos_fill_failed", key=task.key, error=str(exc))
         finally:
+            if tracker is not None:
+                tracker.close()
             self._release(task)
             self._running.pop(task.key, None)
 

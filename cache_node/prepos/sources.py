@@ -150,6 +150,8 @@ class PartialTracker:
             return
         journal = self._journal
         if journal is None or not journal.follows(writer):
+            if journal is not None:
+                journal.close()  # it described a reset writer or an earlier one
             try:
                 journal = self._journal = await self._partials.track(writer)
             except OSError as exc:
@@ -164,6 +166,11 @@ class PartialTracker:
         except OSError as exc:
             self._failed = True
             log.warning("prepos_partial_unavailable", key=writer.info.key, error=str(exc))
+
+    def close(self) -> None:
+        """The fill is over for its caller: its journal keeps no descriptor open."""
+        if self._journal is not None:
+            self._journal.close()
 
 
 class _MeteredBody:

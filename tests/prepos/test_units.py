@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import Counter
 from pathlib import Path
@@ -266,6 +267,68 @@ async def test_a_fill_journals_each_piece_before_writing_the_next(tmp_path: Path
     resume = partials.load("a/c")
     assert resume is not None
     assert resume.verified_bytes == len(data)
+
+
+def _descriptors_on(path: Path) -> int:
+    """How many of this process's descriptors name ``path`` (Linux: /proc/self/fd)."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            if fd.readlink() == path.resolve():
+                count += 1
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+async def test_the_journal_keeps_one_descriptor_until_its_last_piece(tmp_path: Path) -> None:
+    """One open for all of a fill's appends, none left once every piece is journaled."""
+    partials = Partials(tmp_path / "partial")
+    data = bytes(range(256)) * 12  # 3072 bytes: pieces of 1024
+    writer = _writer(tmp_path, _info("k/open", data), 1024)
+    journal = await partials.track(writer)
+    assert _descriptors_on(journal.path) == 0  # nothing appended yet
+    writer.write(data[:1024])
+    writer.piece_hashes()
+    journal.sync()
+    assert journal.is_open
+    assert _descriptors_on(journal.path) == 1
+    writer.write(data[1024:2048])
+    writer.piece_hashes()
+    journal.sync()
+    assert _descriptors_on(journal.path) == 1  # the same one, not one more
+    writer.write(data[2048:])
+    writer.piece_hashes()
+    journal.sync()
+    assert not journal.is_open
+    assert _descriptors_on(journal.path) == 0
+    assert len(journal.path.read_bytes().splitlines()) == 1 + 3
+    await writer.commit()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+async def test_a_closed_journal_still_appends_but_holds_nothing(tmp_path: Path) -> None:
+    """A fill that goes on after its tracker is closed (its caller gave up waiting) keeps
+    journaling, opening the journal per append, and leaves no descriptor behind."""
+    partials = Partials(tmp_path / "partial")
+    data = b"z" * 4096
+    writer = _writer(tmp_path, _info("k/closed", data), 1024)
+    tracker = PartialTracker(partials, lambda: writer)
+    await tracker.sync()  # links the partial, writes the journal's header
+    for at in (0, 1024):
+        writer.write(data[at : at + 1024])
+        await tracker.sync()
+    journal = partials.root / (hashlib.sha256(b"k/closed").hexdigest() + ".journal")
+    assert _descriptors_on(journal) == 1
+    tracker.close()
+    assert _descriptors_on(journal) == 0
+    writer.write(data[2048:3072])
+    await tracker.sync()
+    assert _descriptors_on(journal) == 0
+    assert len(journal.read_bytes().splitlines()) == 1 + 3  # the third piece landed too
+    resume = partials.load("k/closed")
+    assert resume is not None
+    assert resume.verified_bytes == 3072
+    writer.abort()
 
 
 async def test_the_tracker_is_due_at_each_piece_end_and_the_bodys_end(tmp_path: Path) -> None:
