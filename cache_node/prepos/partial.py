@@ -80,11 +80,6 @@ class Journal:
             and writer.written >= self.pieces * writer.piece_size
         )
 
-    @property
-    def is_open(self) -> bool:
-        """Whether the journal holds a descriptor between appends."""
-        return self._fd is not None
-
     def sync(self) -> None:
         """Append the digests of the pieces completed since the last call."""
         known = self.writer.hashed_pieces()
