@@ -4,7 +4,7 @@ S3 answers a full GET of an object stored with a CRC-32 checksum with
 ``x-amz-checksum-crc32``: the base64 of the big-endian CRC-32 (the zlib/IEEE
 polynomial) of the whole object. botocore checks it while the body streams, on
 the thread that reads the body: the event loop. The store instead computes a
-CRC-32 of each piece in its hashing threads, beside the piece's SHA-256, and
+CRC-32 of each piece in its hashing threads (its own piece checksum), and
 :func:`combine_all` joins them in piece order.
 
 The CRC-32 itself is zlib-ng's (:func:`crc32`): it folds with carry-less

@@ -4,7 +4,7 @@ Layout under ``store.path``::
 
     objects/ab/<sha256(key)>.data   the object's bytes
     objects/ab/<sha256(key)>.meta   JSON: key, size, validators, piece size and
-                                    the SHA-256 of every piece (the commit mark)
+                                    the CRC-32 of every piece (the commit mark)
     tmp/<random>.part               fills in progress (wiped on start)
     CLEAN                           present only after an orderly shutdown
 
@@ -20,18 +20,25 @@ commit point: an object without it does not exist. A crash before the
 directory reached the disk can leave any subset of those three entry changes
 (POSIX does not order them): recovery discards a ``.meta`` without its
 ``.data``, and one beside other bytes (an older meta over a newer body)
-fails the piece hashes every object is checked against after a crash.
+fails the piece checksums every object is checked against after a crash.
 
 Recovery on start (time bounded, metadata only) deletes ``tmp/``, orphan
 ``.data`` files, unreadable ``.meta`` files and objects whose data length
 differs. When ``CLEAN`` is absent (a crash, a SIGKILL, a power cut) every
-recovered object is marked *unverified*: it is re-hashed piece by piece
+recovered object is marked *unverified*: it is re-checked piece by piece
 before it is first served, and a background task verifies the rest; a piece
-that does not match its hash deletes the object, which the next request
+that does not match its checksum deletes the object, which the next request
 refetches. So a partial or corrupt object is never served as complete.
 
-Pieces and their hashes are the unit of integrity here and of peer assist
-elsewhere (:meth:`Store.piece_hashes` feeds the tracker's signed manifests).
+Pieces are the unit of integrity here and of peer assist elsewhere. The
+store's piece checksum is CRC-32 (:data:`PIECE_HASH`): it guards against
+damage (a torn write, a bad sector, a meta beside the wrong body), not against
+an adversary, and costs a tenth of SHA-256 per byte, so a fill spends its CPU
+on moving bytes. The SHA-256 of each piece, which peer assist's signed
+manifests need (end users' peers are not trusted), is computed when a manifest
+is first asked for (:meth:`Store.piece_sha256`), from bytes checked against
+the CRC-32s on the way. Metas written before (version 1) carry SHA-256 piece
+hashes and are checked with those.
 
 The byte budget counts committed objects plus reservations of fills in
 progress. Dynamic (miss-filled) objects are evicted before pinned
@@ -60,7 +67,9 @@ from typing import Any
 from cache_node import crc32
 from cache_node.eviction import Policy, PolicyName, make_policy
 
-META_VERSION = 1
+META_VERSION = 2
+PIECE_HASH = "crc32"  # the piece checksum of metas and partial journals written now
+PIECE_HASHES = frozenset({"crc32", "sha256"})  # those a store reads (sha256: meta version 1)
 CLEAN_MARK = "CLEAN"
 HASH_READ = 4 * 1024 * 1024  # bytes per read when hashing a piece back from the file
 # Fill bytes all writers together may keep in memory until their piece is hashed
@@ -92,20 +101,31 @@ class ObjectInfo:
     cache_control: str | None = None
 
 
+def piece_digest(algorithm: str, data: bytes | memoryview) -> str:
+    """The hex digest of one piece: ``crc32`` (8 hex digits) or ``sha256`` (64)."""
+    if algorithm == "crc32":
+        return f"{crc32.crc32(data):08x}"
+    if algorithm == "sha256":
+        return hashlib.sha256(data).hexdigest()
+    raise ValueError(f"unknown piece hash {algorithm!r}")
+
+
 @dataclass(frozen=True)
 class ObjectMeta:
     info: ObjectInfo
     piece_size: int
-    piece_hashes: tuple[str, ...]  # hex SHA-256 per piece
+    piece_hashes: tuple[str, ...]  # hex digest per piece, of the piece_hash algorithm
     stored_at: float  # Unix seconds, for Age
     pinned: bool = False
     content_set: str | None = None
+    piece_hash: str = PIECE_HASH  # "crc32", or "sha256" in metas of version 1
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
             "version": META_VERSION,
             "info": asdict(self.info),
             "pieceSize": self.piece_size,
+            "pieceHash": self.piece_hash,
             "pieceHashes": list(self.piece_hashes),
             "storedAt": self.stored_at,
             "pinned": self.pinned,
@@ -116,8 +136,15 @@ class ObjectMeta:
     @classmethod
     def from_json(cls, raw: bytes) -> ObjectMeta:
         doc = json.loads(raw)
-        if doc.get("version") != META_VERSION:
-            raise ValueError(f"unknown meta version {doc.get('version')!r}")
+        version = doc.get("version")
+        if version == 1:  # before the CRC-32 piece checksums: SHA-256 per piece
+            algorithm = "sha256"
+        elif version == META_VERSION:
+            algorithm = doc["pieceHash"]
+        else:
+            raise ValueError(f"unknown meta version {version!r}")
+        if algorithm not in PIECE_HASHES:
+            raise ValueError(f"unknown piece hash {algorithm!r}")
         info = ObjectInfo(**doc["info"])
         meta = cls(
             info=info,
@@ -126,6 +153,7 @@ class ObjectMeta:
             stored_at=float(doc["storedAt"]),
             pinned=bool(doc["pinned"]),
             content_set=doc.get("contentSet"),
+            piece_hash=str(algorithm),
         )
         if meta.piece_size <= 0 or len(meta.piece_hashes) != piece_count(
             info.size, meta.piece_size
@@ -198,8 +226,8 @@ def _hashing_thread_priority() -> None:
         pass  # a sandbox that forbids it: the threads run at the node's priority
 
 
-# Piece hashing off the event loop (see Writer). pread and SHA-256 of a piece release
-# the GIL, so two threads hash while the loop receives and writes the next chunks.
+# Piece checksums off the event loop (see Writer). pread and CRC-32 of a piece release
+# the GIL, so two threads check pieces while the loop receives and writes the next chunks.
 _HASHING = concurrent.futures.ThreadPoolExecutor(
     max_workers=2,
     thread_name_prefix="edgefill-piece-hash",
@@ -233,31 +261,28 @@ class _HeldBytes:
 _HELD = _HeldBytes(HASH_FROM_MEMORY_BYTES)
 
 
-def _digests(views: Iterable[memoryview], with_crc: bool) -> tuple[str, int | None]:
-    """SHA-256 of the bytes in ``views``, and their CRC-32 when ``with_crc`` (the origin
-    sent a checksum to compare with). Both release the GIL over each view."""
-    digest = hashlib.sha256()
+def _digests(views: Iterable[memoryview]) -> tuple[str, int]:
+    """The CRC-32 of the bytes in ``views`` (it releases the GIL over each view), as the
+    piece's hex digest and as a number (to combine with the others')."""
     crc = 0
     for view in views:
-        digest.update(view)
-        if with_crc:
-            crc = crc32.crc32(view, crc)
-    return digest.hexdigest(), (crc if with_crc else None)
+        crc = crc32.crc32(view, crc)
+    return f"{crc:08x}", crc
 
 
-def _hash_views(views: list[memoryview], with_crc: bool, held: int) -> tuple[str, int | None]:
+def _hash_views(views: list[memoryview], held: int) -> tuple[str, int]:
     """:func:`_digests` of a piece still in memory, as the views of the chunks it was
     written from; gives ``held`` bytes back to :data:`_HELD`."""
     try:
-        return _digests(views, with_crc)
+        return _digests(views)
     finally:
         _HELD.give(held)
 
 
-def _hash_range(fd: int, offset: int, length: int, with_crc: bool) -> tuple[str, int | None]:
+def _hash_range(fd: int, offset: int, length: int) -> tuple[str, int]:
     """:func:`_digests` of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup)."""
     try:
-        return _digests(_read_back(fd, offset, length), with_crc)
+        return _digests(_read_back(fd, offset, length))
     finally:
         os.close(fd)
 
@@ -279,9 +304,7 @@ def _read_back(fd: int, offset: int, length: int) -> Iterator[memoryview]:
         length -= n
 
 
-def _piece_hash(
-    future: concurrent.futures.Future[tuple[str, int | None]], key: str
-) -> tuple[str, int | None]:
+def _piece_hash(future: concurrent.futures.Future[tuple[str, int]], key: str) -> tuple[str, int]:
     try:
         return future.result()
     except OSError as exc:
@@ -308,20 +331,20 @@ class Writer:
     descriptor after it is renamed on commit or unlinked on abort.
 
     :meth:`write` writes on the caller's thread, so :attr:`written` bytes are
-    always in the file. Hashing runs in worker threads (:data:`_HASHING`): when a
-    chunk completes a piece (or the last, short piece), the piece is hashed
-    there, off the event loop; SHA-256 was the biggest cost of a fill on the
-    loop's thread. The job hashes the chunks the piece was written from, kept
+    always in the file. Each piece's checksum (CRC-32, :data:`PIECE_HASH`) is
+    computed in worker threads (:data:`_HASHING`): when a chunk completes a piece
+    (or the last, short piece), the piece is hashed there, off the event loop (a
+    fill's bottleneck). The job hashes the chunks the piece was written from, kept
     (as views, no copy) while the piece was written, when they are immutable
     ``bytes`` and :data:`HASH_FROM_MEMORY_BYTES` has room; otherwise it reads
     the piece back from the page cache. :meth:`hashed_pieces` is the
     prefix of piece hashes known so far, :meth:`hashes_through` waits for a
     prefix, and :meth:`commit` waits for all of them.
 
-    When the origin sent the body's CRC-32 (:meth:`expect_crc32`), the same jobs
-    compute each piece's CRC-32 from the bytes they read, and
-    :meth:`checksum_mismatch` compares their combination with it (botocore would
-    have done this on the loop as the body streamed; see :mod:`cache_node.crc32`).
+    When the origin sent the body's CRC-32 (:meth:`expect_crc32`),
+    :meth:`checksum_mismatch` compares the combination of the pieces' CRC-32s
+    with it (botocore would have done this on the loop as the body streamed; see
+    :mod:`cache_node.crc32`).
     """
 
     def __init__(
@@ -338,8 +361,8 @@ class Writer:
         self.written = 0
         self.final_path: Path | None = None  # set just before the commit renames the file
         self._hashes: list[str] = []  # the known prefix of piece hashes
-        self._crcs: list[int | None] = []  # the CRC-32 of each of those pieces, when computed
-        self._pending: collections.deque[concurrent.futures.Future[tuple[str, int | None]]] = (
+        self._crcs: list[int] = []  # the same CRC-32s as numbers, to combine
+        self._pending: collections.deque[concurrent.futures.Future[tuple[str, int]]] = (
             collections.deque()
         )
         self.crc32_expected: int | None = None  # the origin's CRC-32 of the whole body
@@ -381,14 +404,13 @@ class Writer:
             pos += take
             if at + pos < self._submitted + length:
                 break  # the piece goes on in the next chunk
-            with_crc = self.crc32_expected is not None
             if self._holding:
-                job = _HASHING.submit(_hash_views, self._parts, with_crc, self._holding)
+                job = _HASHING.submit(_hash_views, self._parts, self._holding)
                 self._parts, self._holding = [], 0
             else:
                 # A descriptor of its own: the job outlives an abort or a reset.
                 fd = os.dup(self._fd)
-                job = _HASHING.submit(_hash_range, fd, self._submitted, length, with_crc)
+                job = _HASHING.submit(_hash_range, fd, self._submitted, length)
             self._pending.append(job)
             self._submitted += length
 
@@ -401,7 +423,7 @@ class Writer:
     def expect_crc32(self, value: int | None) -> None:
         """Check the body against ``value``, the CRC-32 of the whole object the origin
         sent (``None``: there is none to check). Only before the first byte is written:
-        every piece's CRC-32 must be computed."""
+        the checksum is of the whole body this writer receives."""
         if self.written:
             raise ValueError(f"{self.info.key}: a checksum is expected before any byte")
         self.crc32_expected = value
@@ -418,11 +440,10 @@ class Writer:
         if self._pending or len(self._crcs) * self.piece_size < self.written:
             raise RuntimeError(f"{self.info.key}: the CRC-32 is asked before every piece is hashed")
         piece = self.piece_size
-        parts: list[tuple[int, int]] = []
-        for index, value in enumerate(self._crcs):
-            if value is None:  # a piece hashed before the expectation: cannot happen
-                raise RuntimeError(f"{self.info.key}: piece {index} has no CRC-32")
-            parts.append((value, min(piece, self.info.size - index * piece)))
+        parts = [
+            (value, min(piece, self.info.size - index * piece))
+            for index, value in enumerate(self._crcs)
+        ]
         got = crc32.combine_all(parts)
         if got == expected:
             return None
@@ -450,7 +471,7 @@ class Writer:
             self._took(_piece_hash(pending.popleft(), self.info.key))
         return tuple(self._hashes)
 
-    def _took(self, result: tuple[str, int | None]) -> None:
+    def _took(self, result: tuple[str, int]) -> None:
         self._hashes.append(result[0])
         self._crcs.append(result[1])
 
@@ -658,7 +679,8 @@ class Store:
         return list(self._index.values())
 
     def piece_hashes(self, key: str) -> tuple[int, tuple[str, ...]] | None:
-        """Piece size and hex SHA-256 per piece of a committed object, or ``None``."""
+        """Piece size and hex checksum per piece (see :attr:`ObjectMeta.piece_hash`) of a
+        committed object, or ``None``."""
         entry = self._index.get(key)
         if entry is None:
             return None
@@ -777,30 +799,59 @@ class Store:
     # --- verification -----------------------------------------------------------------------
 
     @staticmethod
-    def _hash_pieces(entry: Entry) -> bool:
+    def _read_pieces(entry: Entry, sha256: list[str] | None = None) -> bool:
+        """Whether every piece of ``entry``'s data matches its meta; with ``sha256``,
+        also appends each piece's SHA-256 to it as the piece is read."""
         meta = entry.meta
         try:
             with open(entry.data_path, "rb") as fh:  # noqa: PTH123
                 for expected in meta.piece_hashes:
                     piece = fh.read(meta.piece_size)
-                    if hashlib.sha256(piece).hexdigest() != expected:
+                    if piece_digest(meta.piece_hash, piece) != expected:
                         return False
+                    if sha256 is not None:
+                        sha256.append(hashlib.sha256(piece).hexdigest())
                 return fh.read(1) == b""
         except OSError:
             return False
 
+    def _corrupt(self, entry: Entry) -> None:
+        """Drop ``entry`` after its data failed a check (unless it was replaced or
+        evicted meanwhile: then its file may simply be gone, and nothing is dropped)."""
+        if self._index.get(entry.key) is entry:
+            self.stats.corrupt_objects += 1
+            self._delete(entry)
+
     async def verify(self, entry: Entry) -> bool:
-        """Re-hash an unverified object; delete it when any piece is wrong."""
+        """Re-check an unverified object; delete it when any piece is wrong."""
         if entry.verified:
             return True
-        ok = await asyncio.to_thread(self._hash_pieces, entry)
+        ok = await asyncio.to_thread(self._read_pieces, entry)
         if ok:
             entry.verified = True
             return True
-        self.stats.corrupt_objects += 1
-        if self._index.get(entry.key) is entry:
-            self._delete(entry)
+        self._corrupt(entry)
         return False
+
+    async def piece_sha256(self, entry: Entry) -> tuple[str, ...] | None:
+        """The hex SHA-256 of every piece of ``entry`` (peer assist's manifests), or
+        ``None`` when its data no longer matches its meta (the object is deleted, as by
+        :meth:`verify`).
+
+        A meta of version 1 carries them. Otherwise the data is read back in a thread
+        (about 0.7 s per GiB) and every piece is checked against its CRC-32 on the way,
+        so a digest is never made of damaged bytes; that also verifies the object.
+        """
+        meta = entry.meta
+        if meta.piece_hash == "sha256":
+            return meta.piece_hashes
+        digests: list[str] = []
+        ok = await asyncio.to_thread(self._read_pieces, entry, digests)
+        if not ok:
+            self._corrupt(entry)
+            return None
+        entry.verified = True
+        return tuple(digests)
 
     async def verify_all(self, entries: list[Entry], deadline_seconds: float) -> int:
         """Background verification after an unclean shutdown; returns objects checked."""

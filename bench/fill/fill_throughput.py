@@ -13,14 +13,16 @@ on loopback, a moto_server child process) with the same concurrency:
   in the page cache would measure memory, not a fill, and on this machine
   the page cache (~300 MB/s) outruns the disk (~230 MB/s with fsync). The
   plain side checks the origin's CRC-32 as botocore does by default (on its
-  event loop), and does no SHA-256, no rename and no metadata file: those are
-  the node's own costs and count against it;
+  event loop), and does no piece checksums, no rename and no metadata file:
+  those are the node's own costs and count against it;
 * node: a cache node (store, loader, the pre-positioning scheduler) fills the
   same catalogue as a ContentSet from a prefix listing, with
   ``fill.concurrency`` = ``concurrency`` and a rate cap far above what the
-  machine can move: the fill writes through the store (SHA-256 and CRC-32 per
-  piece in its hashing threads, fsync, rename, meta file), records
-  each object's pin in that one meta file and keeps a durable partial for resume.
+  machine can move: the fill writes through the store (a CRC-32 per piece in
+  its hashing threads, checked against the origin's, fsync, rename, meta file),
+  records each object's pin in that one meta file and keeps a durable partial
+  for resume. The pieces' SHA-256 for peer assist is not part of a fill: the
+  node computes it when an object's manifest is first asked for.
 
 After one warm-up of the origin the two alternate for ``--rounds`` rounds (other
 load on the machine then hits both alike); each round's and the median ratio

@@ -9,19 +9,22 @@ under ``<store>/prepos/partial/``:
   temp file, so the bytes are written once, by the store, and outlive the
   wipe of ``tmp/`` after a crash;
 * ``<sha256(key)>.journal`` - a JSON header line (key, size, ETag, piece
-  size, validators) followed by the SHA-256 of each *complete* piece, one
-  hex digest per line, appended as each piece is hashed. The digests are the
-  store writer's own piece hashes: nothing is hashed twice. The store hashes
-  a piece in a worker thread once it is whole; the fill (see
+  size, validators, the piece checksum's name) followed by the checksum
+  (CRC-32) of each *complete* piece, one hex digest per line, appended as each
+  piece is checked. The digests are the store writer's own piece checksums:
+  nothing is hashed twice. The store checks a piece in a worker thread once it
+  is whole; the fill (see
   :class:`cache_node.prepos.sources.PartialTracker`) journals it before it
   writes a byte of the next piece, so the bound below holds.
 
 Nothing is fsynced on the hot path: on resume every journaled piece is
-re-hashed against the ``.part`` file and only the prefix of pieces that
+checked again against the ``.part`` file and only the prefix of pieces that
 match is replayed (a piece lost in the page cache at a power cut simply
-fails its hash). So after a crash at most the piece in flight is fetched
+fails its checksum). So after a crash at most the piece in flight is fetched
 again, and the origin is asked for the rest with ``Range`` + ``If-Match``:
-if the object changed (412) the partial is dropped and fetched whole.
+if the object changed (412) the partial is dropped and fetched whole. Journals
+written before the CRC-32 checksums (no name in the header) hold SHA-256
+digests and are checked with those.
 
 Nothing here ever writes into a ``.part`` file: it may share its inode with
 a committed object (until the fill's partial is dropped), so it is only read,
@@ -32,14 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cache_node.store import ObjectInfo, Writer, key_digest
+from cache_node.store import PIECE_HASH, PIECE_HASHES, ObjectInfo, Writer, key_digest, piece_digest
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ class Partials:
         link = data.with_name(f"{data.name}.{token}.tmp")
         os.link(source, link)
         link.replace(data)
-        header = {"info": asdict(info), "pieceSize": piece_size}
+        header = {"info": asdict(info), "pieceSize": piece_size, "pieceHash": PIECE_HASH}
         lines = [json.dumps(header, separators=(",", ":")).encode()]
         lines += [h.encode() for h in known]
         tmp = journal.with_name(f"{journal.name}.{token}.tmp")
@@ -180,10 +182,11 @@ class Partials:
             header = json.loads(lines[0])
             info = ObjectInfo(**header["info"])
             piece_size = int(header["pieceSize"])
-        except (OSError, IndexError, ValueError, KeyError, TypeError):
+            algorithm = header.get("pieceHash", "sha256")  # none before the CRC-32 journals
+        except (OSError, IndexError, ValueError, KeyError, TypeError, AttributeError):
             self.drop(key)
             return None
-        if info.key != key or piece_size <= 0:
+        if info.key != key or piece_size <= 0 or algorithm not in PIECE_HASHES:
             self.drop(key)
             return None
         verified = 0
@@ -191,7 +194,7 @@ class Partials:
             with open(data, "rb") as fh:  # noqa: PTH123
                 for line in lines[1:]:
                     piece = fh.read(min(piece_size, info.size - verified))
-                    if not piece or hashlib.sha256(piece).hexdigest().encode() != line.strip():
+                    if not piece or piece_digest(algorithm, piece).encode() != line.strip():
                         break
                     verified += len(piece)
         except OSError:

@@ -9,6 +9,7 @@ both adapters look them up on each call through the app's ``NODE`` key.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 
@@ -19,7 +20,7 @@ from cache_node.appkeys import NODE
 from cache_node.config import NodeConfig
 from cache_node.loader import Fill, FillFailedError
 from cache_node.peering import Hop, read_secret
-from cache_node.store import Entry
+from cache_node.store import Entry, Store
 from cache_node.tracker import register
 from cache_node.tracker.manifest import PieceInfo
 from cache_node.tracker.relay import client_base_from_peer_url
@@ -30,7 +31,12 @@ _DERIVED = "tracker.piece_info"
 
 
 class StorePieceHashes:
-    """Piece hashes of committed objects in the node's store (the same pieces it serves)."""
+    """Piece hashes of committed objects in the node's store (the same pieces it serves).
+
+    The store keeps CRC-32 piece checksums; the SHA-256 a manifest signs is computed
+    from the stored bytes when an object's manifest or swarm is first asked for
+    (see :func:`piece_info_of`), so only objects that peer assist uses pay for it.
+    """
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
@@ -42,23 +48,48 @@ class StorePieceHashes:
         entry = store.peek(key)  # a manifest or announce is not a content access
         if entry is None:
             return None
-        return piece_info_of(entry)
+        return await piece_info_of(store, entry)
 
 
-def piece_info_of(entry: Entry) -> PieceInfo:
-    """The piece info of a committed entry, computed once per entry."""
+async def piece_info_of(store: Store, entry: Entry) -> PieceInfo | None:
+    """The piece info of a committed entry, computed once per entry (``None``: its data
+    turned out damaged, and the store dropped it).
+
+    Callers asking while it is computed share that computation (single-flight); one
+    that is cancelled does not cancel it for the others.
+    """
     cached = entry.derived.get(_DERIVED)
     if isinstance(cached, PieceInfo):
         return cached
+    if not isinstance(cached, asyncio.Future):
+        cached = asyncio.ensure_future(_piece_info(store, entry))
+        entry.derived[_DERIVED] = cached  # dropped with the entry when it is replaced
+        cached.add_done_callback(lambda done: _settle(entry, done))
+    info: PieceInfo | None = await asyncio.shield(cached)
+    return info
+
+
+def _settle(entry: Entry, done: asyncio.Future[PieceInfo | None]) -> None:
+    """Keep a computed piece info; forget a failed computation (the next caller retries)."""
+    if entry.derived.get(_DERIVED) is not done:
+        return
+    if done.cancelled() or done.exception() is not None or done.result() is None:
+        del entry.derived[_DERIVED]
+    else:
+        entry.derived[_DERIVED] = done.result()
+
+
+async def _piece_info(store: Store, entry: Entry) -> PieceInfo | None:
+    sha256 = await store.piece_sha256(entry)
+    if sha256 is None:
+        return None
     meta = entry.meta
-    info = PieceInfo(
+    return PieceInfo(
         size=meta.info.size,
         piece_size=meta.piece_size,
-        sha256=tuple(bytes.fromhex(h) for h in meta.piece_hashes),
+        sha256=tuple(bytes.fromhex(h) for h in sha256),
         etag=meta.info.etag,
     )
-    entry.derived[_DERIVED] = info  # dropped with the entry when it is replaced
-    return info
 
 
 class LoaderFiller:
@@ -79,7 +110,12 @@ class LoaderFiller:
             if exc.not_found:
                 return None
             raise FillUnavailableError(str(exc)) from None
-        return piece_info_of(entry)
+        if node.store is None:
+            raise FillUnavailableError("the node is shutting down")
+        info = await piece_info_of(node.store, entry)
+        if info is None:
+            raise FillUnavailableError(f"{key}: the stored copy was damaged; it is fetched anew")
+        return info
 
 
 async def _committed(fill: Fill) -> Entry:

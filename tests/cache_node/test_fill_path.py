@@ -57,10 +57,15 @@ async def test_miss_then_hit(
         assert pieces is not None
         piece_size, hashes = pieces
         assert piece_size == 16 * KiB
-        assert list(hashes) == [
+        crcs = [zlib.crc32(body[i : i + piece_size]) for i in range(0, len(body), piece_size)]
+        assert list(hashes) == [f"{c:08x}" for c in crcs]  # the store's piece checksums
+        entry = node.store.peek(key)
+        assert entry is not None
+        sha256 = [
             hashlib.sha256(body[i : i + piece_size]).hexdigest()
             for i in range(0, len(body), piece_size)
         ]
+        assert list(await node.store.piece_sha256(entry) or ()) == sha256  # peer assist's
 
 
 async def test_small_and_empty_objects_and_missing_key(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -37,6 +38,15 @@ async def _put(store: Store, key: str, size: int, *, pinned: bool = False) -> by
     return data
 
 
+def _crcs(data: bytes, piece: int = PIECE) -> list[str]:
+    """The store's piece checksums of ``data``: CRC-32 per piece, 8 hex digits."""
+    return [f"{zlib.crc32(data[i : i + piece]):08x}" for i in range(0, len(data), piece)]
+
+
+def _sha256s(data: bytes, piece: int = PIECE) -> list[str]:
+    return [hashlib.sha256(data[i : i + piece]).hexdigest() for i in range(0, len(data), piece)]
+
+
 def _store(root: Path, max_bytes: int = 10 * 1024 * 1024, policy: str = "lru") -> Store:
     store = Store(root, max_bytes=max_bytes, piece_size=PIECE, policy=policy)  # type: ignore[arg-type]
     store.recover(60)
@@ -48,9 +58,7 @@ async def test_commit_records_piece_hashes_and_survives_a_clean_restart(tmp_path
     data = await _put(store, "vod/a", 40_000)
     piece_size, hashes = store.piece_hashes("vod/a") or (0, ())
     assert piece_size == PIECE
-    assert list(hashes) == [
-        hashlib.sha256(data[i : i + PIECE]).hexdigest() for i in range(0, len(data), PIECE)
-    ]
+    assert list(hashes) == _crcs(data)
     store.close()
     again = Store(tmp_path, max_bytes=10 * 1024 * 1024, piece_size=PIECE)
     assert again.recover(60) == []  # clean: nothing to verify
@@ -75,15 +83,13 @@ async def test_pieces_hashed_in_worker_threads_match_the_bytes_across_a_reset(
     for i in range(0, 3 * PIECE + 100, 7777):  # chunks that straddle piece boundaries
         writer.write(old[i : min(i + 7777, 3 * PIECE + 100)])
     prefix = await writer.hashes_through(2 * PIECE)
-    assert list(prefix[:2]) == [hashlib.sha256(old[i : i + PIECE]).hexdigest() for i in (0, PIECE)]
+    assert list(prefix[:2]) == _crcs(old[: 2 * PIECE])
     new = _data("new", 4 * PIECE + 5)
     store.resize(writer, _info("vod/r", len(new)))
     for i in range(0, len(new), 9999):
         writer.write(new[i : i + 9999])
     entry = await writer.commit()
-    assert list(entry.meta.piece_hashes) == [
-        hashlib.sha256(new[i : i + PIECE]).hexdigest() for i in range(0, len(new), PIECE)
-    ]
+    assert list(entry.meta.piece_hashes) == _crcs(new)
     assert entry.data_path.read_bytes() == new
     assert store.get("vod/r") is not None
 
@@ -96,18 +102,14 @@ def test_a_piece_larger_than_the_read_buffer_hashes_in_several_reads(tmp_path: P
     path = tmp_path / "f"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
-    assert store_module._hash_range(fd, 100, size, True) == (
-        hashlib.sha256(data[100:]).hexdigest(),
-        zlib.crc32(data[100:]),
-    )
+    crc = zlib.crc32(data[100:])
+    assert store_module._hash_range(fd, 100, size) == (f"{crc:08x}", crc)
     fd = os.open(path, os.O_RDONLY)
-    assert store_module._hash_range(fd, 7, 1000, False) == (
-        hashlib.sha256(data[7:1007]).hexdigest(),
-        None,
-    )
+    crc = zlib.crc32(data[7:1007])
+    assert store_module._hash_range(fd, 7, 1000) == (f"{crc:08x}", crc)
     fd = os.open(path, os.O_RDONLY)
     with pytest.raises(store_module.StoreError, match="ended 1 bytes early"):
-        store_module._hash_range(fd, 101, size, False)
+        store_module._hash_range(fd, 101, size)
 
 
 async def test_a_body_is_checked_against_the_origins_crc32_piece_by_piece(
@@ -146,7 +148,7 @@ async def test_a_crc32_is_expected_before_the_first_byte_and_a_reset_forgets_it(
     store = _store(tmp_path)
     writer = store.begin(_info("vod/late", 2 * PIECE))
     assert writer.checksum_mismatch() is None  # nothing to check against
-    writer.write(_data("vod/late", PIECE))  # a whole piece: hashed without a CRC
+    writer.write(_data("vod/late", PIECE))  # a whole piece: its CRC-32 is on its way
     with pytest.raises(ValueError, match="before any byte"):
         writer.expect_crc32(1)
     writer.reset(_info("vod/late", 10))  # the object changed: start again from zero
@@ -167,7 +169,7 @@ async def test_pieces_hash_from_the_written_chunks_or_read_back_alike(
     store = _store(tmp_path)
     size = 4 * PIECE + 99
     data = _data("vod/mem", size)
-    expected = [hashlib.sha256(data[i : i + PIECE]).hexdigest() for i in range(0, size, PIECE)]
+    expected = _crcs(data)
     held = store_module._HELD
     assert held.used == 0
 
@@ -248,6 +250,83 @@ async def test_unclean_restart_verifies_and_drops_corrupt_objects(tmp_path: Path
     assert "vod/bad" not in again
     assert not bad_entry.data_path.exists()
     assert again.stats.corrupt_objects == 1
+
+
+async def test_the_sha256_of_pieces_is_computed_on_demand_from_checked_bytes(
+    tmp_path: Path,
+) -> None:
+    """Metas keep CRC-32 piece checksums; the SHA-256 that peer assist signs is read
+    back when asked for, each piece checked against its CRC-32 on the way. A piece
+    damaged on disk yields no digests and drops the object, as verification does."""
+    store = _store(tmp_path)
+    data = await _put(store, "vod/sha", 3 * PIECE + 10)
+    entry = store.peek("vod/sha")
+    assert entry is not None
+    assert entry.meta.piece_hash == "crc32"
+    assert list(entry.meta.piece_hashes) == _crcs(data)
+    assert list(await store.piece_sha256(entry) or ()) == _sha256s(data)
+
+    await _put(store, "vod/rot", 3 * PIECE)
+    rot = store.peek("vod/rot")
+    assert rot is not None
+    raw = bytearray(rot.data_path.read_bytes())
+    raw[PIECE + 1] ^= 0x10  # bit rot in the second piece
+    rot.data_path.write_bytes(bytes(raw))
+    assert await store.piece_sha256(rot) is None
+    assert "vod/rot" not in store
+    assert store.stats.corrupt_objects == 1
+
+
+async def test_a_meta_of_version_1_with_sha256_pieces_still_serves_and_verifies(
+    tmp_path: Path,
+) -> None:
+    """A store written before the CRC-32 checksums (meta version 1, SHA-256 per piece)
+    is kept across the upgrade: its objects verify against their SHA-256 digests, which
+    are also the manifests' digests, and a rewritten meta keeps naming the algorithm."""
+    store = _store(tmp_path)
+    data = await _put(store, "vod/v1", 2 * PIECE + 5)
+    damaged = await _put(store, "vod/v1-bad", 2 * PIECE)
+    for key, body in (("vod/v1", data), ("vod/v1-bad", damaged)):
+        entry = store.peek(key)
+        assert entry is not None
+        doc = json.loads(entry.data_path.with_suffix(".meta").read_bytes())
+        doc["version"] = 1
+        del doc["pieceHash"]
+        doc["pieceHashes"] = _sha256s(body)
+        entry.data_path.with_suffix(".meta").write_text(json.dumps(doc))
+    bad = store.peek("vod/v1-bad")
+    assert bad is not None
+    bad.data_path.write_bytes(bytes(PIECE) + damaged[PIECE:])
+    # No close(): an unclean restart, so both are checked again.
+    again = Store(tmp_path, max_bytes=10 * 1024 * 1024, piece_size=PIECE)
+    assert {e.key for e in again.recover(60)} == {"vod/v1", "vod/v1-bad"}
+    entry = again.peek("vod/v1")
+    assert entry is not None
+    assert entry.meta.piece_hash == "sha256"
+    assert await again.verify(entry)
+    assert list(await again.piece_sha256(entry) or ()) == _sha256s(data)
+    bad_entry = again.peek("vod/v1-bad")
+    assert bad_entry is not None
+    assert not await again.verify(bad_entry)
+    assert await again.set_placement("vod/v1", pinned=True, content_set="ns/set")
+    third = Store(tmp_path, max_bytes=10 * 1024 * 1024, piece_size=PIECE)
+    third.recover(60)
+    kept = third.peek("vod/v1")
+    assert kept is not None
+    assert (kept.meta.piece_hash, kept.meta.pinned) == ("sha256", True)
+    assert json.loads(kept.data_path.with_suffix(".meta").read_bytes())["pieceHash"] == "sha256"
+
+
+def test_a_meta_naming_an_unknown_piece_hash_is_not_read() -> None:
+    meta = store_module.ObjectMeta(
+        info=_info("k", 10), piece_size=PIECE, piece_hashes=("00000000",), stored_at=0.0
+    )
+    doc = json.loads(meta.to_json())
+    assert doc["pieceHash"] == "crc32"
+    assert store_module.ObjectMeta.from_json(meta.to_json()) == meta
+    doc["pieceHash"] = "md5"
+    with pytest.raises(ValueError, match="unknown piece hash 'md5'"):
+        store_module.ObjectMeta.from_json(json.dumps(doc).encode())
 
 
 async def test_recovery_discards_everything_not_committed(tmp_path: Path) -> None:

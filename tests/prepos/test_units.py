@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -399,6 +402,60 @@ async def test_partial_with_a_corrupt_piece_keeps_only_the_prefix_before_it(tmp_
     resume = partials.load("k")
     assert resume is not None
     assert resume.verified_bytes == 1024
+
+
+def test_journals_name_their_piece_checksum_and_older_sha256_journals_still_resume(
+    tmp_path: Path,
+) -> None:
+    """A journal's header names its checksum (CRC-32, the store writer's own); one
+    written before that (no name: SHA-256 lines) resumes as before, and one naming an
+    algorithm this node does not know is dropped, not trusted."""
+    root = tmp_path / "partial"
+    root.mkdir()
+    data = bytes(range(256)) * 12  # 3072 bytes, pieces of 1024
+    info = _info("k", data)
+    digest = hashlib.sha256(b"k").hexdigest()
+    (root / f"{digest}.part").write_bytes(data)
+    header = {"info": dataclasses.asdict(info), "pieceSize": 1024}
+    journal = root / f"{digest}.journal"
+
+    def write(header: dict[str, object], lines: list[str]) -> None:
+        journal.write_bytes(b"\n".join([json.dumps(header).encode(), *map(str.encode, lines)]))
+
+    sha = [hashlib.sha256(data[i : i + 1024]).hexdigest() for i in (0, 1024)]
+    write(header, sha)  # a journal from before the CRC-32 checksums
+    resume = Partials(root).load("k")
+    assert resume is not None
+    assert resume.verified_bytes == 2048
+    crc = [f"{zlib.crc32(data[i : i + 1024]):08x}" for i in (0, 1024, 2048)]
+    write({**header, "pieceHash": "crc32"}, crc)
+    resume = Partials(root).load("k")
+    assert resume is not None
+    assert resume.verified_bytes == 3072
+    write({**header, "pieceHash": "crc32"}, sha)  # digests of another algorithm
+    assert Partials(root).load("k") is None
+    (root / f"{digest}.part").write_bytes(data)
+    write({**header, "pieceHash": "md5"}, crc)
+    assert Partials(root).load("k") is None
+    assert not journal.exists()
+
+
+async def test_a_tracked_journal_names_crc32_and_holds_the_writers_checksums(
+    tmp_path: Path,
+) -> None:
+    partials = Partials(tmp_path / "store" / "prepos" / "partial")
+    data = bytes(range(256)) * 8  # 2048 bytes, pieces of 1024
+    writer = _writer(tmp_path, _info("a/crc", data), 1024)
+    journal = await partials.track(writer)
+    writer.write(data)
+    writer.piece_hashes()
+    journal.sync()
+    lines = journal.path.read_bytes().splitlines()
+    assert json.loads(lines[0])["pieceHash"] == "crc32"
+    assert [line.decode() for line in lines[1:]] == [
+        f"{zlib.crc32(data[i : i + 1024]):08x}" for i in (0, 1024)
+    ]
+    writer.abort()
 
 
 def test_unreadable_partial_is_dropped(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ and announces work on the same port.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import uuid
@@ -23,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cache_node.app import create_apps
 from cache_node.config import NodeConfig
 from cache_node.ring import rank
+from cache_node.store import Entry, ObjectInfo, Store
 from cache_node.tracker.manifest import b64url_decode, verify_manifest, verify_piece
 from cache_node.tracker.views import TRACKER
-from cache_node.tracker.wiring import extension
+from cache_node.tracker.wiring import extension, piece_info_of
 
 from .conftest import object_bytes
 
@@ -196,3 +198,54 @@ async def test_reloaded_config_reaches_the_tracker_without_a_restart(
         assert service.registry.locality is service.locality
     finally:
         await runner.cleanup()
+
+
+async def test_piece_info_is_computed_once_and_never_from_damaged_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps CRC-32 piece checksums; the SHA-256 a manifest signs is read back
+    once per entry, shared by concurrent askers (one that gives up does not stop it for
+    the others), and a piece that fails its CRC-32 yields no piece info at all."""
+    store = Store(tmp_path, max_bytes=1 << 26, piece_size=PIECE)
+    store.recover(60)
+
+    async def commit(key: str) -> Entry:
+        writer = store.begin(ObjectInfo(key=key, size=len(DATA), etag='"e"', last_modified=0.0))
+        writer.write(DATA)
+        return await writer.commit()
+
+    calls = 0
+    real = store.piece_sha256
+
+    async def counted(entry: Entry) -> tuple[str, ...] | None:
+        nonlocal calls
+        calls += 1
+        return await real(entry)
+
+    monkeypatch.setattr(store, "piece_sha256", counted)
+    entry = await commit(KEY)
+    first, second = await asyncio.gather(piece_info_of(store, entry), piece_info_of(store, entry))
+    assert first is not None
+    assert first == second
+    assert calls == 1
+    assert first.sha256 == tuple(
+        hashlib.sha256(DATA[i : i + PIECE]).digest() for i in range(0, len(DATA), PIECE)
+    )
+    assert await piece_info_of(store, entry) is first
+    assert calls == 1
+
+    other = await commit("vod/wired/other")
+    quitter = asyncio.create_task(piece_info_of(store, other))
+    stayer = asyncio.create_task(piece_info_of(store, other))
+    await asyncio.sleep(0)
+    quitter.cancel()
+    assert await stayer is not None
+    assert quitter.cancelled()
+
+    damaged = await commit("vod/wired/damaged")
+    raw = bytearray(damaged.data_path.read_bytes())
+    raw[PIECE + 7] ^= 0x01
+    damaged.data_path.write_bytes(bytes(raw))
+    assert await piece_info_of(store, damaged) is None
+    assert "vod/wired/damaged" not in store
+    assert store.stats.corrupt_objects == 1
