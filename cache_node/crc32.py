@@ -3,9 +3,9 @@
 S3 answers a full GET of an object stored with a CRC-32 checksum with
 ``x-amz-checksum-crc32``: the base64 of the big-endian CRC-32 (the zlib/IEEE
 polynomial) of the whole object. botocore checks it while the body streams, on
-the thread that reads the body: the event loop. The store instead computes a
-CRC-32 of each piece in its hashing threads (its own piece checksum), and
-:func:`combine_all` joins them in piece order.
+the thread that reads the body: the event loop. The store computes a CRC-32
+of each piece as it writes it (its own piece checksum), and
+:func:`combine_all` joins them in piece order: each byte is summed once.
 
 The CRC-32 itself is zlib-ng's (:func:`crc32`): it folds with carry-less
 multiplication (PCLMULQDQ/VPCLMULQDQ on x86-64, PMULL on Arm) at 10+ GiB/s

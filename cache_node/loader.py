@@ -20,8 +20,8 @@ Within a fill:
   no longer matches);
 * attempts are bounded by ``origin.maxAttempts`` with exponential backoff and
   full jitter, and the whole fill by ``origin.totalDeadlineSeconds``;
-* the object is committed only when its length matches and every piece is
-  hashed; on any failure the temp file is dropped and readers see
+* the object is committed only when its length matches (every piece then has
+  its checksum); on any failure the temp file is dropped and readers see
   :class:`FillFailedError`, which the view turns into an aborted connection;
 * when the source sent the body's CRC-32 (:attr:`Opened.crc32`), the body must
   match it: a damaged body is dropped and fetched again from zero, and
@@ -404,11 +404,9 @@ class Loader:
                     raise UpstreamError(
                         f"{fill.key}: body ended at {writer.written} of {writer.info.size} bytes"
                     )
-                if writer.crc32_expected is not None:
-                    await writer.hashes_through(writer.info.size)
-                    mismatch = writer.checksum_mismatch()
-                    if mismatch is not None:
-                        raise ChecksumMismatchError(mismatch)
+                mismatch = writer.checksum_mismatch()
+                if mismatch is not None:
+                    raise ChecksumMismatchError(mismatch)
                 fill.body_in = True
                 fill._body_or_end.set()
                 fill._notify()  # readers may take the last byte now

@@ -12,12 +12,13 @@ What aiobotocore does not do for us, and this module does:
 * bodies always released: :meth:`_S3Body.release` closes the response even
   when the reader stopped early, so the bounded pool
   (``maxConnections``) never leaks connections;
-* the CRC-32 check of a GetObject body moved off the event loop: botocore
-  computes it on the thread that reads the body, chunk by chunk. The client
+* the CRC-32 check of a GetObject body is the store's: botocore would
+  compute the body's CRC-32 chunk by chunk as it streams, and the store
+  computes the CRC-32 of each piece anyway (its piece checksum). The client
   here leaves that one algorithm to the caller (:func:`_leave_crc32_to_us`),
   and :meth:`S3Origin.open` hands the origin's value on in
-  :attr:`Opened.crc32`: the store computes the CRC-32 of each piece in its
-  hashing threads and compares the combination before the commit. Other
+  :attr:`Opened.crc32`: the store compares the combination of its pieces'
+  CRC-32s with it before the commit, so each byte is summed once. Other
   algorithms (SHA-256, ...) stay botocore's.
 
 botocore's own retries stop once headers arrive and never cover a body, so

@@ -48,18 +48,14 @@ progress. Dynamic (miss-filled) objects are evicted before pinned
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,10 +67,6 @@ META_VERSION = 2
 PIECE_HASH = "crc32"  # the piece checksum of metas and partial journals written now
 PIECE_HASHES = frozenset({"crc32", "sha256"})  # those a store reads (sha256: meta version 1)
 CLEAN_MARK = "CLEAN"
-HASH_READ = 4 * 1024 * 1024  # bytes per read when hashing a piece back from the file
-# Fill bytes all writers together may keep in memory until their piece is hashed
-# (see Writer); a piece that does not fit is read back from the page cache instead.
-HASH_FROM_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -200,117 +192,6 @@ class StoreStats:
     discarded_files: int = 0
 
 
-HASHING_NICE = 10
-"""How much nicer (lower CPU priority) than the node the piece-hashing threads run.
-
-The event loop receives, writes and serves; hashing is work it hands off and
-waits for only at piece ends. When the node's threads and the origin's
-connections want more CPU than there is, the kernel's fair scheduler otherwise
-gives a hashing thread the CPU the loop was woken for: in bench/fill on two
-cores the loop waited 0.5-0.6 s per GiB runnable but not running (schedstat),
-and ~0.4 s at +10. +10 is a tenth of the loop's weight: the threads still get
-their share under contention, and all of an idle CPU. Linux only (a thread's
-nice value is its own there); raising one's own nice value needs no privilege."""
-
-
-def _hashing_thread_priority() -> None:
-    """Initializer of each hashing thread: :data:`HASHING_NICE` above the process."""
-    if sys.platform != "linux":
-        return
-    try:
-        tid = threading.get_native_id()  # Linux: PRIO_PROCESS with a thread id is that thread
-        os.setpriority(
-            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + HASHING_NICE)
-        )
-    except OSError:
-        pass  # a sandbox that forbids it: the threads run at the node's priority
-
-
-# Piece checksums off the event loop (see Writer). pread and CRC-32 of a piece release
-# the GIL, so two threads check pieces while the loop receives and writes the next chunks.
-_HASHING = concurrent.futures.ThreadPoolExecutor(
-    max_workers=2,
-    thread_name_prefix="edgefill-piece-hash",
-    initializer=_hashing_thread_priority,
-)
-
-
-_READ_BUFFERS = threading.local()  # one reusable read buffer per hashing thread
-
-
-class _HeldBytes:
-    """Fill bytes held in memory for hashing, across all writers, up to a limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()  # hashing threads give back, the loop takes
-
-    def take(self, n: int) -> bool:
-        with self._lock:
-            if self.used + n > self.limit:
-                return False
-            self.used += n
-            return True
-
-    def give(self, n: int) -> None:
-        with self._lock:
-            self.used -= n
-
-
-_HELD = _HeldBytes(HASH_FROM_MEMORY_BYTES)
-
-
-def _digests(views: Iterable[memoryview]) -> tuple[str, int]:
-    """The CRC-32 of the bytes in ``views`` (it releases the GIL over each view), as the
-    piece's hex digest and as a number (to combine with the others')."""
-    crc = 0
-    for view in views:
-        crc = crc32.crc32(view, crc)
-    return f"{crc:08x}", crc
-
-
-def _hash_views(views: list[memoryview], held: int) -> tuple[str, int]:
-    """:func:`_digests` of a piece still in memory, as the views of the chunks it was
-    written from; gives ``held`` bytes back to :data:`_HELD`."""
-    try:
-        return _digests(views)
-    finally:
-        _HELD.give(held)
-
-
-def _hash_range(fd: int, offset: int, length: int) -> tuple[str, int]:
-    """:func:`_digests` of ``length`` bytes at ``offset`` of ``fd`` (closed here, a dup)."""
-    try:
-        return _digests(_read_back(fd, offset, length))
-    finally:
-        os.close(fd)
-
-
-def _read_back(fd: int, offset: int, length: int) -> Iterator[memoryview]:
-    """``length`` bytes at ``offset`` of ``fd``, read into a buffer the thread keeps (each
-    view is valid until the next one): a fresh piece-sized bytes object per piece would
-    be a large allocation and page-faulted memory for every piece."""
-    buf: bytearray | None = getattr(_READ_BUFFERS, "buf", None)
-    if buf is None:
-        buf = _READ_BUFFERS.buf = bytearray(HASH_READ)
-    view = memoryview(buf)
-    while length:
-        n = os.preadv(fd, [view[: min(length, len(view))]], offset)
-        if not n:
-            raise StoreError(f"file ended {length} bytes early while hashing a piece")
-        yield view[:n]
-        offset += n
-        length -= n
-
-
-def _piece_hash(future: concurrent.futures.Future[tuple[str, int]], key: str) -> tuple[str, int]:
-    try:
-        return future.result()
-    except OSError as exc:
-        raise StoreError(f"{key}: hashing a piece failed: {exc}") from exc
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -324,22 +205,18 @@ def key_digest(key: str) -> str:
 
 
 class Writer:
-    """A fill in progress: bytes go to a temp file; each piece is hashed once it is whole.
+    """A fill in progress: bytes go to a temp file; each piece is checked as it is written.
 
     Readers of a fill in progress (cut-through) open :attr:`path` themselves and
     read up to :attr:`written`; the file stays readable through their open
     descriptor after it is renamed on commit or unlinked on abort.
 
     :meth:`write` writes on the caller's thread, so :attr:`written` bytes are
-    always in the file. Each piece's checksum (CRC-32, :data:`PIECE_HASH`) is
-    computed in worker threads (:data:`_HASHING`): when a chunk completes a piece
-    (or the last, short piece), the piece is hashed there, off the event loop (a
-    fill's bottleneck). The job hashes the chunks the piece was written from, kept
-    (as views, no copy) while the piece was written, when they are immutable
-    ``bytes`` and :data:`HASH_FROM_MEMORY_BYTES` has room; otherwise it reads
-    the piece back from the page cache. :meth:`hashed_pieces` is the
-    prefix of piece hashes known so far, :meth:`hashes_through` waits for a
-    prefix, and :meth:`commit` waits for all of them.
+    always in the file, and folds the bytes into their piece's checksum (CRC-32,
+    :data:`PIECE_HASH`) on the way: zlib-ng's CRC-32 costs about 70 us per MiB,
+    less than handing a piece to a worker thread and waiting for it did (the
+    hand-offs contend for the GIL with the event loop). :meth:`hashed_pieces` is
+    the checksums of the pieces complete so far.
 
     When the origin sent the body's CRC-32 (:meth:`expect_crc32`),
     :meth:`checksum_mismatch` compares the combination of the pieces' CRC-32s
@@ -360,15 +237,10 @@ class Writer:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
         self.written = 0
         self.final_path: Path | None = None  # set just before the commit renames the file
-        self._hashes: list[str] = []  # the known prefix of piece hashes
+        self._hashes: list[str] = []  # the hex checksum of each complete piece
         self._crcs: list[int] = []  # the same CRC-32s as numbers, to combine
-        self._pending: collections.deque[concurrent.futures.Future[tuple[str, int]]] = (
-            collections.deque()
-        )
+        self._crc = 0  # the CRC-32 of the piece being written, so far
         self.crc32_expected: int | None = None  # the origin's CRC-32 of the whole body
-        self._parts: list[memoryview] = []  # the piece being written, for its hash job
-        self._holding = 0  # bytes of _HELD taken for that piece (0: it is read back)
-        self._submitted = 0  # bytes handed to hashing (whole pieces, then the short last one)
         self._closed = False
 
     def write(self, chunk: bytes | memoryview) -> None:
@@ -376,49 +248,26 @@ class Writer:
             raise IncompleteBodyError(
                 f"{self.info.key}: body longer than the announced {self.info.size} bytes"
             )
-        view = memoryview(chunk).cast("B")
-        rest = view
+        rest = memoryview(chunk).cast("B")
         while rest:
             n = os.pwrite(self._fd, rest, self.written)
+            self._checksum(rest[:n], self.written)  # what is written is summed, no more
             self.written += n
             rest = rest[n:]
-        self._to_hashing(view)
 
-    def _to_hashing(self, view: memoryview) -> None:
-        """Keep ``view`` (just written) for its pieces' hash jobs; submit each piece
-        it completes."""
-        # A buffer its owner reuses may change before the job reads it: read that back.
-        immutable = isinstance(view.obj, bytes)
-        at = self.written - len(view)  # the object offset of view[0]
+    def _checksum(self, view: memoryview, at: int) -> None:
+        """Fold ``view``, written at object offset ``at``, into its pieces' CRC-32s."""
+        piece = self.piece_size
         pos = 0
         while pos < len(view):
-            length = min(self.piece_size, self.info.size - self._submitted)  # this piece
-            if at + pos == self._submitted:  # the piece starts here
-                self._holding = length if immutable and _HELD.take(length) else 0
-            take = min(len(view) - pos, self._submitted + length - (at + pos))
-            if self._holding:
-                if immutable:
-                    self._parts.append(view[pos : pos + take])
-                else:
-                    self._drop_held()
+            end = min((len(self._crcs) + 1) * piece, self.info.size)  # this piece's end
+            take = min(len(view) - pos, end - (at + pos))
+            self._crc = crc32.crc32(view[pos : pos + take], self._crc)
             pos += take
-            if at + pos < self._submitted + length:
-                break  # the piece goes on in the next chunk
-            if self._holding:
-                job = _HASHING.submit(_hash_views, self._parts, self._holding)
-                self._parts, self._holding = [], 0
-            else:
-                # A descriptor of its own: the job outlives an abort or a reset.
-                fd = os.dup(self._fd)
-                job = _HASHING.submit(_hash_range, fd, self._submitted, length)
-            self._pending.append(job)
-            self._submitted += length
-
-    def _drop_held(self) -> None:
-        """Give back the memory kept for the piece being written (it is read back)."""
-        if self._holding:
-            _HELD.give(self._holding)
-        self._parts, self._holding = [], 0
+            if at + pos == end:  # the piece is complete
+                self._crcs.append(self._crc)
+                self._hashes.append(f"{self._crc:08x}")
+                self._crc = 0
 
     def expect_crc32(self, value: int | None) -> None:
         """Check the body against ``value``, the CRC-32 of the whole object the origin
@@ -431,14 +280,13 @@ class Writer:
     def checksum_mismatch(self) -> str | None:
         """Why the written body does not match the origin's CRC-32, or ``None``.
 
-        Call once every piece is hashed (after :meth:`hashes_through` the size).
+        Call once the whole body is written.
         """
         expected = self.crc32_expected
         if expected is None:
             return None
-        self.hashed_pieces()
-        if self._pending or len(self._crcs) * self.piece_size < self.written:
-            raise RuntimeError(f"{self.info.key}: the CRC-32 is asked before every piece is hashed")
+        if self.written != self.info.size:
+            raise RuntimeError(f"{self.info.key}: the CRC-32 is asked before the body is whole")
         piece = self.piece_size
         parts = [
             (value, min(piece, self.info.size - index * piece))
@@ -459,52 +307,22 @@ class Writer:
         self.written = 0
         self._hashes = []
         self._crcs = []
-        self._pending = collections.deque()  # jobs still running hash bytes nobody wants
-        self._submitted = 0
+        self._crc = 0
         self.crc32_expected = None  # the next open from byte zero tells the new one
-        self._drop_held()
 
     def hashed_pieces(self) -> tuple[str, ...]:
-        """The hashes of the leading pieces hashed so far (whole pieces, or all at the end)."""
-        pending = self._pending
-        while pending and pending[0].done():
-            self._took(_piece_hash(pending.popleft(), self.info.key))
+        """The checksums of the pieces complete so far (all of them once the body is in)."""
         return tuple(self._hashes)
-
-    def _took(self, result: tuple[str, int]) -> None:
-        self._hashes.append(result[0])
-        self._crcs.append(result[1])
-
-    async def hashes_through(self, offset: int) -> tuple[str, ...]:
-        """Wait until every piece that ends at or before ``offset`` is hashed; the prefix."""
-        while True:
-            pending = self._pending
-            index = len(self._hashes)
-            if not pending or min((index + 1) * self.piece_size, self.info.size) > offset:
-                return self.hashed_pieces()
-            future = pending[0]
-            if not future.done():
-                # asyncio.wait neither cancels the job (it owns a descriptor) when this
-                # waiter is cancelled nor raises its error (_piece_hash below reports it).
-                await asyncio.wait([asyncio.wrap_future(future)])
-                continue  # look again: the writer may have been reset meanwhile
-            self._took(_piece_hash(pending.popleft(), self.info.key))
-
-    def piece_hashes(self) -> tuple[str, ...]:
-        """The hashes of every complete piece (blocks until they are hashed; sync callers)."""
-        concurrent.futures.wait(list(self._pending))
-        return self.hashed_pieces()
 
     async def commit(self, *, pinned: bool = False, content_set: str | None = None) -> Entry:
         if self.written != self.info.size:
             raise IncompleteBodyError(
                 f"{self.info.key}: got {self.written} of {self.info.size} bytes"
             )
-        hashes = await self.hashes_through(self.info.size + self.piece_size)
         meta = ObjectMeta(
             info=self.info,
             piece_size=self.piece_size,
-            piece_hashes=hashes,
+            piece_hashes=tuple(self._hashes),
             stored_at=time.time(),
             pinned=pinned,
             content_set=content_set,
@@ -520,7 +338,6 @@ class Writer:
         os.fsync(self._fd)
 
     def abort(self) -> None:
-        self._drop_held()
         self.close_fd()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -18,8 +18,8 @@ on loopback, a moto_server child process) with the same concurrency:
 * node: a cache node (store, loader, the pre-positioning scheduler) fills the
   same catalogue as a ContentSet from a prefix listing, with
   ``fill.concurrency`` = ``concurrency`` and a rate cap far above what the
-  machine can move: the fill writes through the store (a CRC-32 per piece in
-  its hashing threads, checked against the origin's, fsync, rename, meta file),
+  machine can move: the fill writes through the store (a CRC-32 per piece,
+  checked against the origin's, fsync, rename, meta file),
   records each object's pin in that one meta file and keeps a durable partial
   for resume. The pieces' SHA-256 for peer assist is not part of a fill: the
   node computes it when an object's manifest is first asked for.

@@ -11,10 +11,9 @@ under ``<store>/prepos/partial/``:
 * ``<sha256(key)>.journal`` - a JSON header line (key, size, ETag, piece
   size, validators, the piece checksum's name) followed by the checksum
   (CRC-32) of each *complete* piece, one hex digest per line, appended as each
-  piece is checked. The digests are the store writer's own piece checksums:
-  nothing is hashed twice. The store checks a piece in a worker thread once it
-  is whole; the fill (see
-  :class:`cache_node.prepos.sources.PartialTracker`) journals it before it
+  piece is complete. The digests are the store writer's own piece checksums
+  (it computes them as it writes): nothing is hashed twice. The fill (see
+  :class:`cache_node.prepos.sources.PartialTracker`) journals a piece before it
   writes a byte of the next piece, so the bound below holds.
 
 Nothing is fsynced on the hot path: on resume every journaled piece is

@@ -139,7 +139,7 @@ class PartialTracker:
         return written > 0 and (written % writer.piece_size == 0 or written == writer.info.size)
 
     async def sync(self) -> None:
-        """Journal every piece the writer completed (waits for their hashes).
+        """Journal every piece the writer completed (with the checksums it computed).
 
         Called once a part of :meth:`split` that ends a piece is written, so a piece
         is journaled before a byte of the next one is written: after a crash at
@@ -158,9 +158,6 @@ class PartialTracker:
                 self._failed = True  # no partial: a restart refetches this object whole
                 log.warning("prepos_partial_unavailable", key=writer.info.key, error=str(exc))
                 return
-        await writer.hashes_through(writer.written)
-        if self._journal is not journal or not journal.follows(writer):
-            return  # reset while the hashes landed: the next call tracks it afresh
         try:
             journal.sync()
         except OSError as exc:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import os
-import sys
-import threading
 import zlib
 from pathlib import Path
 
@@ -72,51 +68,38 @@ def _open_fds() -> int:
     return len(list(Path("/proc/self/fd").iterdir()))
 
 
-async def test_pieces_hashed_in_worker_threads_match_the_bytes_across_a_reset(
+async def test_piece_checksums_follow_the_bytes_across_chunks_and_a_reset(
     tmp_path: Path,
 ) -> None:
-    """Whole pieces are hashed off the loop as they complete; a reset (the origin's
-    object changed mid-fill) drops the hashes of the old bytes, jobs in flight too."""
+    """Each piece's CRC-32 is folded in as its bytes are written, whatever the chunks
+    (straddling boundaries, reusable buffers, views); a reset (the origin's object
+    changed mid-fill) drops the checksums of the old bytes."""
     store = _store(tmp_path)
     old = _data("old", 5 * PIECE + 77)
     writer = store.begin(_info("vod/r", len(old)))
     for i in range(0, 3 * PIECE + 100, 7777):  # chunks that straddle piece boundaries
         writer.write(old[i : min(i + 7777, 3 * PIECE + 100)])
-    prefix = await writer.hashes_through(2 * PIECE)
-    assert list(prefix[:2]) == _crcs(old[: 2 * PIECE])
+    assert list(writer.hashed_pieces()) == _crcs(old[: 3 * PIECE])  # the fourth is not whole
     new = _data("new", 4 * PIECE + 5)
     store.resize(writer, _info("vod/r", len(new)))
-    for i in range(0, len(new), 9999):
-        writer.write(new[i : i + 9999])
+    assert writer.hashed_pieces() == ()
+    buffer = bytearray(new[: PIECE + 3])
+    writer.write(buffer)  # a reusable buffer: its owner may change it right after
+    buffer[:] = bytes(len(buffer))
+    rest = memoryview(new)[PIECE + 3 :]
+    for i in range(0, len(rest), 2 * PIECE + 1):  # views larger than a piece
+        writer.write(rest[i : i + 2 * PIECE + 1])
     entry = await writer.commit()
-    assert list(entry.meta.piece_hashes) == _crcs(new)
+    assert list(entry.meta.piece_hashes) == _crcs(new)  # the last, short piece too
     assert entry.data_path.read_bytes() == new
     assert store.get("vod/r") is not None
-
-
-def test_a_piece_larger_than_the_read_buffer_hashes_in_several_reads(tmp_path: Path) -> None:
-    """Hashing threads read into one buffer each; a piece longer than it takes several
-    reads, and a file shorter than the piece is an error, not a short hash."""
-    size = store_module.HASH_READ * 2 + 12_345
-    data = _data("big", size + 100)
-    path = tmp_path / "f"
-    path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
-    crc = zlib.crc32(data[100:])
-    assert store_module._hash_range(fd, 100, size) == (f"{crc:08x}", crc)
-    fd = os.open(path, os.O_RDONLY)
-    crc = zlib.crc32(data[7:1007])
-    assert store_module._hash_range(fd, 7, 1000) == (f"{crc:08x}", crc)
-    fd = os.open(path, os.O_RDONLY)
-    with pytest.raises(store_module.StoreError, match="ended 1 bytes early"):
-        store_module._hash_range(fd, 101, size)
 
 
 async def test_a_body_is_checked_against_the_origins_crc32_piece_by_piece(
     tmp_path: Path,
 ) -> None:
-    """Each piece's CRC-32 comes from its hashing job; their combination is compared
-    with the origin's value (the body's CRC-32 is never computed on the caller)."""
+    """Each piece's CRC-32 is computed as it is written; their combination is compared
+    with the origin's value (no second pass over the body)."""
     store = _store(tmp_path)
     size = 3 * PIECE + 777
     data = _data("vod/crc", size)
@@ -124,7 +107,6 @@ async def test_a_body_is_checked_against_the_origins_crc32_piece_by_piece(
     writer.expect_crc32(zlib.crc32(data))
     for i in range(0, size, 5000):
         writer.write(data[i : i + 5000])
-    await writer.hashes_through(size)
     assert writer.checksum_mismatch() is None
     entry = await writer.commit()
     assert entry.data_path.read_bytes() == data
@@ -133,8 +115,9 @@ async def test_a_body_is_checked_against_the_origins_crc32_piece_by_piece(
     damaged[PIECE + 3] ^= 0x01
     other = store.begin(_info("vod/crc-bad", size))
     other.expect_crc32(zlib.crc32(data))
+    with pytest.raises(RuntimeError, match="before the body is whole"):
+        other.checksum_mismatch()
     other.write(bytes(damaged))
-    await other.hashes_through(size)
     reason = other.checksum_mismatch()
     assert reason is not None
     assert "vod/crc-bad" in reason
@@ -148,51 +131,15 @@ async def test_a_crc32_is_expected_before_the_first_byte_and_a_reset_forgets_it(
     store = _store(tmp_path)
     writer = store.begin(_info("vod/late", 2 * PIECE))
     assert writer.checksum_mismatch() is None  # nothing to check against
-    writer.write(_data("vod/late", PIECE))  # a whole piece: its CRC-32 is on its way
+    writer.write(_data("vod/late", PIECE))  # a whole piece: its CRC-32 is computed
     with pytest.raises(ValueError, match="before any byte"):
         writer.expect_crc32(1)
     writer.reset(_info("vod/late", 10))  # the object changed: start again from zero
     assert writer.crc32_expected is None
     writer.expect_crc32(zlib.crc32(b"0123456789"))
     writer.write(b"0123456789")
-    await writer.hashes_through(10)
     assert writer.checksum_mismatch() is None
     writer.abort()
-
-
-async def test_pieces_hash_from_the_written_chunks_or_read_back_alike(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A piece is hashed from the chunks it was written from while the memory bound
-    has room and the chunks are immutable; otherwise it is read back from the file.
-    Either way the hashes are the file's, and every held byte is given back."""
-    store = _store(tmp_path)
-    size = 4 * PIECE + 99
-    data = _data("vod/mem", size)
-    expected = _crcs(data)
-    held = store_module._HELD
-    assert held.used == 0
-
-    writer = store.begin(_info("vod/mem", size))
-    writer.write(data[:7])  # bytes: kept for the hash job
-    buffer = bytearray(data[7 : PIECE + 500])
-    writer.write(buffer)  # a reusable buffer: this piece falls back to reading back
-    buffer[:] = bytes(len(buffer))  # its owner reuses it before the job ran
-    monkeypatch.setattr(held, "limit", PIECE)  # room for one piece at a time
-    rest = memoryview(data)[PIECE + 500 :]
-    for i in range(0, len(rest), 3000):
-        writer.write(rest[i : i + 3000])
-        assert held.used <= PIECE
-    assert list(await writer.hashes_through(size)) == expected
-    entry = await writer.commit()
-    assert entry.data_path.read_bytes() == data
-    assert held.used == 0
-
-    aborted = store.begin(_info("vod/gone", size))
-    aborted.write(data[: PIECE // 2])  # half a piece held in memory
-    assert held.used > 0
-    aborted.abort()
-    assert held.used == 0
 
 
 async def test_an_aborted_fill_leaves_no_descriptor_behind(tmp_path: Path) -> None:
@@ -201,31 +148,9 @@ async def test_an_aborted_fill_leaves_no_descriptor_behind(tmp_path: Path) -> No
     for n in range(5):
         data = _data(f"k{n}", 8 * PIECE)
         writer = store.begin(_info(f"vod/k{n}", len(data)))
-        writer.write(data[: 6 * PIECE])  # six hash jobs, each with its own descriptor
+        writer.write(data[: 6 * PIECE])
         writer.abort()
-    # The jobs finish on their own descriptors and close them.
-    store_module._HASHING.submit(lambda: None).result()
-    for _ in range(200):
-        if _open_fds() <= before:
-            break
-        await asyncio.sleep(0.01)
     assert _open_fds() <= before
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
-def test_hashing_threads_run_nicer_than_the_thread_that_starts_them() -> None:
-    """The loop wins the CPU over piece hashing (store.HASHING_NICE); the caller keeps its own."""
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    # Enough jobs that every worker thread of the pool exists and answers.
-    barrier = threading.Barrier(store_module._HASHING._max_workers, timeout=10)
-
-    def nice_of_worker() -> int:
-        barrier.wait()
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    jobs = [store_module._HASHING.submit(nice_of_worker) for _ in range(barrier.parties)]
-    assert {job.result(timeout=10) for job in jobs} == {min(19, mine + store_module.HASHING_NICE)}
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 async def test_unclean_restart_verifies_and_drops_corrupt_objects(tmp_path: Path) -> None:

@@ -281,7 +281,6 @@ async def test_partial_from_an_earlier_run_resumes_or_refetches_whole(
     writer = earlier.begin(info)
     journal = await partials.track(writer)
     writer.write(body[: 2 * PIECE + 5000])
-    writer.piece_hashes()  # hashed in worker threads: wait, as the fill path does
     journal.sync()
     writer.close_fd()  # killed here: the next start wipes the store's tmp/, not the partial
     async with OriginProxy(upstream=s3_server.endpoint_url, bucket=bucket) as proxy:

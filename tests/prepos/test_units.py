@@ -214,7 +214,6 @@ async def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: P
     writer = _writer(tmp_path, _info("a/b", data), 1024)
     journal = await partials.track(writer)
     writer.write(data[:3000])  # pieces 0 and 1 complete, piece 2 in flight
-    writer.piece_hashes()  # the store hashes whole pieces in worker threads: wait for them
     journal.sync()
     # The partial is the writer's own file under a second name: written once.
     assert _part(tmp_path, "a/b").stat().st_ino == writer.path.stat().st_ino
@@ -227,11 +226,9 @@ async def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: P
     # A new run replays the prefix into a new writer, tracks it, and finishes.
     again = _writer(tmp_path / "run2", _info("a/b", data), 1024)
     again.write(resume.data_path.read_bytes()[:2048])
-    again.piece_hashes()  # hashed in worker threads: wait, as the fill's sync does
     journal = await partials.track(again)
     assert journal.pieces == 2
     again.write(data[2048:])
-    again.piece_hashes()
     journal.sync()
     done = partials.load("a/b")
     assert done is not None
@@ -246,8 +243,7 @@ async def test_partial_resumes_from_the_last_complete_verified_piece(tmp_path: P
 async def test_a_fill_journals_each_piece_before_writing_the_next(tmp_path: Path) -> None:
     """The loader's view of a pre-positioning fill: parts of :meth:`PartialTracker.split`,
     each written then synced. Whatever instant a crash hits, the bytes written but not
-    journaled stay within one piece (the issue's resume bound), though the store hashes
-    pieces in worker threads."""
+    journaled stay within one piece (the issue's resume bound)."""
     partials = Partials(tmp_path / "store" / "prepos" / "partial")
     data = bytes(range(256)) * 40 + b"tail"  # 10244 bytes, pieces of 1024
     writer = _writer(tmp_path, _info("a/c", data), 1024)
@@ -291,15 +287,12 @@ async def test_the_journal_keeps_one_descriptor_until_its_last_piece(tmp_path: P
     journal = await partials.track(writer)
     assert _descriptors_on(journal.path) == 0  # nothing appended yet
     writer.write(data[:1024])
-    writer.piece_hashes()
     journal.sync()
     assert _descriptors_on(journal.path) == 1
     writer.write(data[1024:2048])
-    writer.piece_hashes()
     journal.sync()
     assert _descriptors_on(journal.path) == 1  # the same one, not one more
     writer.write(data[2048:])
-    writer.piece_hashes()
     journal.sync()
     assert _descriptors_on(journal.path) == 0
     assert len(journal.path.read_bytes().splitlines()) == 1 + 3
@@ -361,7 +354,6 @@ async def test_tracking_off_the_loop_enters_the_index_before_its_file_work(
     data = b"q" * 3000
     writer = _writer(tmp_path, _info("a/q", data), 1024)
     writer.write(data[:2048])
-    writer.piece_hashes()
     task = asyncio.create_task(partials.track(writer))
     await asyncio.sleep(0)  # the task ran up to its thread hop
     assert partials.may_hold("a/q")
@@ -392,7 +384,6 @@ async def test_partial_with_a_corrupt_piece_keeps_only_the_prefix_before_it(tmp_
     writer = _writer(tmp_path, _info("k", data), 1024)
     journal = await partials.track(writer)
     writer.write(data)
-    writer.piece_hashes()
     journal.sync()
     writer.abort()
     part = _part(tmp_path, "k")
@@ -448,7 +439,6 @@ async def test_a_tracked_journal_names_crc32_and_holds_the_writers_checksums(
     writer = _writer(tmp_path, _info("a/crc", data), 1024)
     journal = await partials.track(writer)
     writer.write(data)
-    writer.piece_hashes()
     journal.sync()
     lines = journal.path.read_bytes().splitlines()
     assert json.loads(lines[0])["pieceHash"] == "crc32"
