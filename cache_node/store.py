@@ -314,6 +314,11 @@ class Writer:
         """The checksums of the pieces complete so far (all of them once the body is in)."""
         return tuple(self._hashes)
 
+    def hashes_from(self, index: int) -> list[str]:
+        """The checksums of the complete pieces from ``index`` on: a caller that follows
+        the fill piece by piece copies only the new ones, not the whole prefix each time."""
+        return self._hashes[index:]
+
     async def commit(self, *, pinned: bool = False, content_set: str | None = None) -> Entry:
         if self.written != self.info.size:
             raise IncompleteBodyError(

@@ -83,11 +83,10 @@ class Journal:
 
     def sync(self) -> None:
         """Append the digests of the pieces completed since the last call."""
-        known = self.writer.hashed_pieces()
-        complete = len(known)
-        if complete <= self.pieces:
+        hashes = self.writer.hashes_from(self.pieces)
+        if not hashes:
             return
-        hashes = known[self.pieces : complete]
+        complete = self.pieces + len(hashes)
         fd = self._fd
         if fd is None:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)

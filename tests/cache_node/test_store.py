@@ -80,6 +80,8 @@ async def test_piece_checksums_follow_the_bytes_across_chunks_and_a_reset(
     for i in range(0, 3 * PIECE + 100, 7777):  # chunks that straddle piece boundaries
         writer.write(old[i : min(i + 7777, 3 * PIECE + 100)])
     assert list(writer.hashed_pieces()) == _crcs(old[: 3 * PIECE])  # the fourth is not whole
+    assert writer.hashes_from(1) == _crcs(old[: 3 * PIECE])[1:]
+    assert writer.hashes_from(3) == []
     new = _data("new", 4 * PIECE + 5)
     store.resize(writer, _info("vod/r", len(new)))
     assert writer.hashed_pieces() == ()
