@@ -237,8 +237,7 @@ class Writer:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
         self.written = 0
         self.final_path: Path | None = None  # set just before the commit renames the file
-        self._hashes: list[str] = []  # the hex checksum of each complete piece
-        self._crcs: list[int] = []  # the same CRC-32s as numbers, to combine
+        self._crcs: list[int] = []  # the CRC-32 of each complete piece
         self._crc = 0  # the CRC-32 of the piece being written, so far
         self.crc32_expected: int | None = None  # the origin's CRC-32 of the whole body
         self._closed = False
@@ -266,7 +265,6 @@ class Writer:
             pos += take
             if at + pos == end:  # the piece is complete
                 self._crcs.append(self._crc)
-                self._hashes.append(f"{self._crc:08x}")
                 self._crc = 0
 
     def expect_crc32(self, value: int | None) -> None:
@@ -305,19 +303,18 @@ class Writer:
         self.info = info
         os.ftruncate(self._fd, 0)
         self.written = 0
-        self._hashes = []
         self._crcs = []
         self._crc = 0
         self.crc32_expected = None  # the next open from byte zero tells the new one
 
     def hashed_pieces(self) -> tuple[str, ...]:
-        """The checksums of the pieces complete so far (all of them once the body is in)."""
-        return tuple(self._hashes)
+        """The hex checksums of the pieces complete so far (all once the body is in)."""
+        return tuple(self.hashes_from(0))
 
     def hashes_from(self, index: int) -> list[str]:
-        """The checksums of the complete pieces from ``index`` on: a caller that follows
-        the fill piece by piece copies only the new ones, not the whole prefix each time."""
-        return self._hashes[index:]
+        """The hex checksums of the complete pieces from ``index`` on: a caller that
+        follows the fill piece by piece formats only the new ones, not the whole prefix."""
+        return [f"{crc:08x}" for crc in self._crcs[index:]]
 
     async def commit(self, *, pinned: bool = False, content_set: str | None = None) -> Entry:
         if self.written != self.info.size:
@@ -327,7 +324,7 @@ class Writer:
         meta = ObjectMeta(
             info=self.info,
             piece_size=self.piece_size,
-            piece_hashes=tuple(self._hashes),
+            piece_hashes=self.hashed_pieces(),
             stored_at=time.time(),
             pinned=pinned,
             content_set=content_set,
