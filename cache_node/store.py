@@ -93,10 +93,15 @@ class ObjectInfo:
     cache_control: str | None = None
 
 
+def _crc32_hex(value: int) -> str:
+    """A piece's CRC-32 as metas and journals write it: 8 lowercase hex digits."""
+    return f"{value:08x}"
+
+
 def piece_digest(algorithm: str, data: bytes | memoryview) -> str:
     """The hex digest of one piece: ``crc32`` (8 hex digits) or ``sha256`` (64)."""
     if algorithm == "crc32":
-        return f"{crc32.crc32(data):08x}"
+        return _crc32_hex(crc32.crc32(data))
     if algorithm == "sha256":
         return hashlib.sha256(data).hexdigest()
     raise ValueError(f"unknown piece hash {algorithm!r}")
@@ -314,7 +319,7 @@ class Writer:
     def hashes_from(self, index: int) -> list[str]:
         """The hex checksums of the complete pieces from ``index`` on: a caller that
         follows the fill piece by piece formats only the new ones, not the whole prefix."""
-        return [f"{crc:08x}" for crc in self._crcs[index:]]
+        return [_crc32_hex(crc) for crc in self._crcs[index:]]
 
     async def commit(self, *, pinned: bool = False, content_set: str | None = None) -> Entry:
         if self.written != self.info.size:
